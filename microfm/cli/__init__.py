@@ -1,0 +1,1 @@
+"""Console scripts: thin ``@hydra.main`` entry points."""

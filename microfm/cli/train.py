@@ -1,0 +1,42 @@
+"""``microfm-train``: fit and test a model from the composed Hydra config.
+
+microfm-train backbone=dinov3_vits16 task=cellseg
+microfm-train experiment=cellseg_quick trainer.max_epochs=2
+microfm-train --help        # config groups and their options
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from microfm.errors import MicrofmError
+from microfm.run.config import config_dir
+
+log = logging.getLogger("microfm")
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+def _main(cfg: DictConfig) -> float | None:
+    from microfm.run.train import train  # heavy imports after argument parsing
+
+    try:
+        metrics = train(cfg)
+    except MicrofmError as exc:
+        log.error("%s", exc)
+        print(f"microfm-train: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    monitor = cfg.task.get("monitor", "")
+    value = metrics.get(monitor.replace("val/", "test/", 1)) or metrics.get(f"best/{monitor}")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

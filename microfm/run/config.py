@@ -1,0 +1,51 @@
+"""Where the configs are, the resolvers they use, and composing them outside the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: bundled in the wheel as ``microfm/conf``, or at the top of a source
+    checkout (editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"microfm configs not found next to {here}: the installation is incomplete "
+        "(expected microfm/conf/train.yaml or conf/train.yaml in the source tree)"
+    )
+
+
+def _length(value) -> int:
+    if isinstance(value, (ListConfig, list, tuple)):
+        return len(value)
+    raise ValueError(f"microfm.len expects a list, got {value!r}")
+
+
+def register_resolvers() -> None:
+    """Resolvers used inside microfm's configs (idempotent)."""
+    if not OmegaConf.has_resolver("microfm.len"):
+        OmegaConf.register_new_resolver("microfm.len", _length)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose a config like the CLI does (Hydra's compose API), e.g. for tests and notebooks.
+
+    ``hydra.*`` interpolations in the result are resolved against the composed Hydra config.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+register_resolvers()

@@ -1,0 +1,1 @@
+"""Small helpers shared across microfm (file IO, environment facts)."""

@@ -1,0 +1,130 @@
+"""CTC SEG / DET / OP_CSB on hand-made cases, and the watershed post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from microfm.inference import Watershed
+from microfm.metrics import InstanceMetrics, ctc_counts, instance_scores
+
+
+def squares(*boxes, shape=(20, 20)):
+    img = np.zeros(shape, np.int32)
+    for i, (y0, y1, x0, x1) in enumerate(boxes, start=1):
+        img[y0:y1, x0:x1] = i
+    return img
+
+
+A, B = (0, 4, 0, 4), (10, 14, 10, 14)  # two 16-pixel cells
+
+
+def test_perfect_prediction():
+    gt = squares(A, B)
+    pred = gt.copy()
+    pred[pred == 1] = 9  # ids need not agree
+    assert instance_scores(pred, gt) == {"seg": 1.0, "det": 1.0, "op_csb": 1.0}
+
+
+def test_partial_overlap_jaccard():
+    gt = squares(A)
+    pred = squares((0, 4, 0, 3))  # covers 12 of 16 pixels (> 50 %), IoU 12/16
+    s = instance_scores(pred, gt)
+    assert s["seg"] == pytest.approx(12 / 16)
+    assert s["det"] == 1.0
+
+
+def test_half_coverage_is_not_a_match():
+    gt = squares(A)
+    pred = squares((0, 4, 0, 2))  # exactly 50 %: not > 50 %
+    s = instance_scores(pred, gt)
+    assert s["seg"] == 0.0
+    # one FN (10) and one FP (1) against AOGM-D0 = 10
+    assert s["det"] == 0.0
+
+
+def test_missing_and_spurious_cells():
+    gt = squares(A, B)
+    pred = squares(A, (16, 20, 16, 20))  # B missed, one spurious object
+    c = ctc_counts(pred, gt)
+    assert (c["fn"], c["fp"], c["ns"]) == (1, 1, 0)
+    s = instance_scores(pred, gt)
+    assert s["seg"] == pytest.approx(0.5)
+    assert s["det"] == pytest.approx(1 - (10 + 1) / 20)
+    assert s["op_csb"] == pytest.approx(0.5 * (0.5 + 1 - 11 / 20))
+
+
+def test_merged_cells_cost_a_split():
+    gt = squares((0, 4, 0, 4), (0, 4, 4, 8))
+    pred = squares((0, 4, 0, 8))  # one object covering both
+    c = ctc_counts(pred, gt)
+    assert (c["ns"], c["fn"], c["fp"]) == (1, 0, 0)
+    s = instance_scores(pred, gt)
+    assert s["det"] == pytest.approx(1 - 5 / 20)
+    assert s["seg"] == pytest.approx(0.5)  # each IoU 16/32
+
+
+def test_aggregation_sums_counts_over_images():
+    gt1, gt2 = squares(A, B), squares(A)
+    pred1, pred2 = gt1.copy(), np.zeros_like(gt2)
+    s = instance_scores([pred1, pred2], [gt1, gt2])
+    assert s["seg"] == pytest.approx(2 / 3)  # 3 reference cells, 2 perfect
+    assert s["det"] == pytest.approx(1 - 10 / 30)
+
+
+def test_empty_cases():
+    empty = np.zeros((8, 8), np.int32)
+    assert instance_scores(empty, empty)["det"] == 1.0
+    assert instance_scores(squares(A, shape=(8, 8)), empty)["det"] == 0.0
+    assert instance_scores(empty, squares(A, shape=(8, 8)))["op_csb"] == 0.0
+
+
+def test_rejects_float_and_mismatched_labels():
+    with pytest.raises(ValueError, match="integer"):
+        instance_scores(np.zeros((4, 4)), np.zeros((4, 4), np.int32))
+    with pytest.raises(ValueError, match="shape"):
+        instance_scores(np.zeros((4, 4), np.int32), np.zeros((4, 5), np.int32))
+
+
+def test_watershed_separates_touching_cells():
+    from microfm.transforms import distance_map
+
+    gt = squares((2, 12, 2, 12), (2, 12, 12, 22), shape=(16, 26))
+    labels = Watershed()(distance_map(gt))
+    assert labels.max() == 2
+    assert instance_scores(labels, gt)["det"] == 1.0
+
+
+def test_watershed_thresholds_validated():
+    with pytest.raises(ValueError):
+        Watershed(cells_max=0.1, cell_fill=0.5)
+
+
+def test_torchmetric_accumulates_like_the_function():
+    gts = [squares(A, B), squares((3, 9, 3, 9))]
+    preds = [squares(A), squares((3, 9, 3, 8))]
+    metric = InstanceMetrics()
+    metric.update(preds[:1], torch.from_numpy(gts[0][None]))
+    metric.update(preds[1:], torch.from_numpy(gts[1][None]))
+    out = metric.compute()
+    expected = instance_scores(preds, gts)
+    for key in ("seg", "det", "op_csb"):
+        assert float(out[key]) == pytest.approx(expected[key])
+    assert float(out["det"]) < 1.0
+
+
+def test_cellseg_task_postprocesses_and_scores():
+    from microfm.heads import UNetDecoder
+    from microfm.tasks import CellSegTask
+    from microfm.transforms import distance_map
+
+    gts = np.stack([squares((2, 12, 2, 12), (2, 12, 12, 20)), squares(A)])
+    dist = torch.from_numpy(np.stack([distance_map(g) for g in gts]))[:, None]
+    task = CellSegTask(UNetDecoder(16, 1, channels=[8]), layers=[0])
+    metric = task.metrics()
+    labels = task.update_metrics(metric, dist, {"instances": torch.from_numpy(gts)})
+    assert [int(lab.max()) for lab in labels] == [2, 1]
+    scores = metric.compute()
+    assert float(scores["det"]) == 1.0
+    assert float(scores["seg"]) > 0.97  # watershed ties on the shared border may swap a pixel
