@@ -23,6 +23,10 @@ log = logging.getLogger("microfm")
 def _main(cfg: DictConfig) -> float | None:
     from microfm.run.train import train  # heavy imports after argument parsing
 
+    # Hydra's handlers already print and file every record; drop Lightning's own console
+    # handler so each message appears once.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
     try:
         metrics = train(cfg)
     except MicrofmError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import Metric
@@ -62,6 +63,11 @@ class Task(nn.Module):
     ) -> object:
         """Feed a batch to ``metric``; may return per-sample outputs for figures."""
         return metric.update(pred, batch[self.target])
+
+    def finalize(self, output: np.ndarray) -> dict[str, np.ndarray]:
+        """Turn the raw output of one whole image (C, H, W), e.g. blended sliding-window
+        predictions, into the named results a user keeps (label images, masks, maps)."""
+        raise NotImplementedError
 
     def plot_examples(self, examples: Sequence[Mapping[str, object]], path: Path) -> None:
         """Write a figure of test examples (``image``, ``target``, ``pred``) to ``path``."""

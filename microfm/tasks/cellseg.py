@@ -61,6 +61,11 @@ class CellSegTask(Task):
         """(B, 1, H, W) distance maps -> B label images (watershed)."""
         return [self.postprocess(d) for d in pred.detach().float().cpu().numpy()[:, 0]]
 
+    def finalize(self, output: np.ndarray) -> dict[str, np.ndarray]:
+        """(1, H, W) distance map -> ``{"labels": instance labels, "dist": distance map}``."""
+        dist = np.asarray(output, dtype=np.float32)[0]
+        return {"labels": self.postprocess(dist), "dist": dist}
+
     def update_metrics(self, metric, pred, batch) -> list[np.ndarray]:
         labels = self.predict_instances(pred)
         metric.update(labels, batch["instances"])
