@@ -7,7 +7,7 @@ import timm
 import torch
 
 from microfm.backbones import build_backbone
-from microfm.finetune import Finetune, apply_lora
+from microfm.finetune import Finetune, apply_lora, merge_adapters
 
 
 def trainable(module):
@@ -78,3 +78,24 @@ def test_no_matching_target_is_a_config_error():
     bb = build_backbone("vit_test")
     with pytest.raises(ConfigError, match="target_modules"):
         Finetune("lora", "lora", {"target_modules": ["attn.nothing"]}, allow_random=True).apply(bb)
+
+
+def test_merge_adapters_keeps_the_function():
+    torch.manual_seed(0)
+    bb = build_backbone("vit_test")
+    Finetune(
+        "lora", "lora", {"r": 2, "target_modules": ["attn.qkv", "mlp.fc1"]}, allow_random=True
+    ).apply(bb)
+    with torch.no_grad():
+        for name, p in bb.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    bb.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = bb.forward_features(x)["patch"]
+        merge_adapters(bb.model)
+        after = bb.forward_features(x)["patch"]
+    assert not any("lora" in n for n, _ in bb.named_parameters())
+    assert type(bb.model.blocks[0].attn.qkv) is torch.nn.Linear
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

@@ -123,6 +123,26 @@ def verify_adapters(model: nn.Module, wrapped: Sequence[str]) -> None:
         )
 
 
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every LoRA/DoRA adapter into its base layer and remove the adapter wrappers, in
+    place (for export and fast inference). The merged model computes the same function.
+
+    Returns:
+        ``model``, whose adapted layers are plain ``nn.Linear`` again.
+    """
+    wrapped = [
+        (name, module)
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and hasattr(module, "get_base_layer")
+    ]
+    for name, module in wrapped:
+        module.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.get_base_layer())
+    return model
+
+
 class Finetune:
     """How the backbone is adapted.
 
