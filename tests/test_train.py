@@ -63,6 +63,7 @@ def test_results_layout(tiny_overrides, tmp_path):
     ckpt = torch.load(run / "ckpts" / "best.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["microfm"]["config"]["backbone"]["name"] == "vit_test"
     assert ckpt["microfm"]["config"]["task"]["head"]["embed_dim"] == 64
+    assert ckpt["microfm"]["meta"]["finetune_applied"] == "full"
     assert not [p for p in run.rglob("*.tmp")]
 
 

@@ -32,11 +32,16 @@ class RunResults(L.Callback):
         run_dir: the run folder.
         config: the resolved run configuration (a plain dict), stored under
             ``checkpoint["microfm"]["config"]`` so that a checkpoint alone rebuilds its model.
+        meta: facts decided at run time that the config does not say (e.g. the finetune mode
+            actually applied), stored under ``checkpoint["microfm"]["meta"]``.
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path, config: Mapping | None = None, meta: Mapping | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.config = dict(config or {})
+        self.meta = dict(meta or {})
         self._fit_start = 0.0
 
     @property
@@ -46,7 +51,11 @@ class RunResults(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         import microfm
 
-        checkpoint["microfm"] = {"config": self.config, "version": microfm.__version__}
+        checkpoint["microfm"] = {
+            "config": self.config,
+            "meta": self.meta,
+            "version": microfm.__version__,
+        }
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.time()

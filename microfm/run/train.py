@@ -68,7 +68,11 @@ def train(cfg: DictConfig) -> dict:
     _write_run_files(run_dir, cfg)
     callbacks = [
         *build_callbacks(cfg),
-        RunResults(run_dir, resolved_config(cfg)),
+        RunResults(
+            run_dir,
+            resolved_config(cfg),
+            meta={"finetune_applied": finetune.mode, "adapted_modules": list(finetune.wrapped)},
+        ),
         Figures(run_dir),
     ]
     trainer = build_trainer(
