@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import secrets
+import string
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -76,9 +78,8 @@ def _wandb_run_id(save_dir: str) -> str | None:
         run_id = path.read_text().strip()
         if run_id:
             return run_id
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))  # W&B's own id format
     atomic_write_text(path, run_id + "\n")
     return run_id
 
