@@ -4,6 +4,7 @@ in runs started as subprocesses."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -43,3 +44,22 @@ class SaveGradients(L.Callback):
                 if p.grad is not None
             }
             torch.save(grads, self.path)
+
+
+class PreemptOnce(L.Callback):
+    """Under tests/fakeslurm.py: after optimizer step ``step``, rank 0 sends SIGUSR2 to every
+    task of its job, as SLURM does before a time limit or a preemption (``--signal``), unless
+    ``marker`` exists (created just before)."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = int(step)
+        self.marker = Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step or not trainer.is_global_zero or self.marker.exists():
+            return
+        self.marker.write_text(f"SIGUSR2 after step {self.step}\n")
+        state = Path(os.environ["FAKESLURM_STATE"])
+        pids = (state / f"{os.environ['FAKESLURM_KEY']}.pids").read_text().split()
+        for pid in sorted(pids, key=lambda p: int(p) == os.getpid()):  # this process last
+            os.kill(int(pid), signal.SIGUSR2)

@@ -125,9 +125,11 @@ def write_summary(sweep_dir: str | Path, stamp: str, rows: list[dict]) -> Path:
         f"sweep_{stamp}: {len(ordered)} jobs, {len(ordered) - len(failed)} completed, "
         f"{len(failed)} failed (summary: {path})"
     ]
-    for r in ordered:
+    shared = set.intersection(*(set(r["overrides"].split()) for r in ordered))
+    for r in ordered:  # the overrides that tell the jobs apart, the outcome, the folder
+        own = " ".join(o for o in r["overrides"].split() if o not in shared) or "-"
         what = r["error"] if r["status"] != "completed" else f"result={r['result']}"
-        lines.append(f"  #{r['num']} {r['status']:<9} {r['overrides']}  {what}  {r['run_dir']}")
+        lines.append(f"  #{r['num']} {r['status']:<9} {own}  {what}  {r['run_dir']}")
     (log.warning if failed else log.info)("\n".join(lines))
     return path
 

@@ -151,6 +151,8 @@ def finish_loggers(loggers: Iterable[Any], success: bool) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=0 if success else 1)
-    for logger in loggers:  # a later `experiment` access must not reuse the finished run
-        if type(logger).__name__ == "WandbLogger":
-            logger._experiment = None
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in loggers:  # a later `experiment` access must not reuse the finished run
+            if isinstance(logger, WandbLogger):
+                logger._experiment = None

@@ -112,7 +112,10 @@ def train(cfg: DictConfig) -> dict:
 
     success = False
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            if ckpt_path:  # resuming into the run folder: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("test", True):
             ckpt = trainer.checkpoint_callback
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
