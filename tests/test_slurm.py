@@ -144,6 +144,13 @@ def test_sbatch_script_matches_golden_file(tmp_path):
     assert not (tmp_path / "seg").exists()  # nothing submitted, nothing written
 
 
+def test_preview_shows_the_resolved_launcher(tmp_path):
+    text, jobs = preview(["trainer.devices=4", f"results_root={tmp_path}"], launcher=True)
+    node = yaml.safe_load(text)
+    assert len(jobs) == 1 and node["tasks_per_node"] == node["gpus_per_node"] == 4
+    assert node["submitit_folder"] == f"{tmp_path}/seg/.submitit/%j"
+
+
 def test_preview_refuses_a_bad_layout(tmp_path):
     with pytest.raises(ConfigError, match="trainer.num_nodes"):
         preview(["trainer.num_nodes=2", "hydra.launcher.nodes=1", f"results_root={tmp_path}"])

@@ -2,7 +2,8 @@
 submit for the same arguments, without submitting anything.
 
 microfm-slurm-preview trainer.devices=4 trainer.num_nodes=2 finetune.lora.r=4,8,16
-microfm-train cluster=slurm --cfg hydra -p hydra.launcher     # the resolved launcher node
+microfm-slurm-preview --launcher trainer.devices=4     # the resolved hydra.launcher node
+microfm-train cluster=slurm --cfg hydra -p hydra.launcher   # the same node, unresolved
 
 The script is rendered by submitit itself from the launcher parameters, exactly as the SLURM
 launcher does (a job array for a sweep of several points). The same checks run as before a
@@ -58,8 +59,9 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def preview(overrides: Sequence[str]) -> tuple[str, list[list[str]]]:
-    """The sbatch script and the jobs' overrides for ``microfm-train cluster=slurm <overrides>``.
+def preview(overrides: Sequence[str], launcher: bool = False) -> tuple[str, list[list[str]]]:
+    """The sbatch script and the jobs' overrides for ``microfm-train cluster=slurm <overrides>``
+    (with ``launcher=True``: the resolved ``hydra.launcher`` node as YAML instead).
 
     Raises:
         ConfigError: the launcher and trainer disagree (one task per GPU, nodes).
@@ -92,6 +94,8 @@ def preview(overrides: Sequence[str]) -> tuple[str, list[list[str]]]:
             if params is None:
                 params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     GlobalHydra.instance().clear()
+    if launcher:
+        return OmegaConf.to_yaml(params), jobs
     return render_sbatch(params, len(jobs)), jobs
 
 
@@ -100,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return
+    show_launcher = "--launcher" in args
+    args = [a for a in args if a != "--launcher"]
     try:
-        script, jobs = preview(args)
+        script, jobs = preview(args, launcher=show_launcher)
     except MicrofmError as exc:
         print(f"microfm-slurm-preview: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
