@@ -115,7 +115,11 @@ class SamplerProgress(L.Callback):
     """Records in the training loader's :class:`SeededSampler`, after each training batch,
     how far the epoch has come, so that a checkpoint written at that step resumes with exactly
     the samples an uninterrupted run would see next. (The loader itself cannot tell the
-    batches the loop consumed from those its workers prefetched.)"""
+    batches the loop consumed from those its workers prefetched.)
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[SamplerProgress()])  # microfm's train() adds it
+    """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loader = trainer.train_dataloader

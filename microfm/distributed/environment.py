@@ -24,6 +24,11 @@ class Launch:
         world_size: number of processes (tasks) in the job.
         num_nodes: number of nodes.
         global_rank, local_rank, node_rank: this process.
+
+    Example:
+        >>> Launch("slurm", world_size=8, num_nodes=2, global_rank=5, local_rank=1,
+        ...        node_rank=1).tasks_per_node
+        4
     """
 
     source: str
@@ -72,9 +77,9 @@ class SubmititLocalEnvironment(ClusterEnvironment):
     ``127.0.0.1`` at a port derived from the job id (or ``MASTER_PORT`` when set).
 
     Example:
-        >>> import lightning as L
-        >>> # inside a task of `microfm-train -m cluster=local trainer.devices=2`:
-        >>> # L.Trainer(devices=2, strategy="ddp", plugins=[SubmititLocalEnvironment()])
+        Inside a task of ``microfm-train cluster=local trainer.devices=2``::
+
+            trainer = L.Trainer(devices=2, strategy="ddp", plugins=[SubmititLocalEnvironment()])
     """
 
     def __init__(self) -> None:

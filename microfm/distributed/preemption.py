@@ -81,7 +81,11 @@ class CheckpointOnSigterm(L.Callback):
 class LauncherOwnsSignals(L.Callback):
     """Inside a submitit job, restores the SIGTERM handler that was there before ``fit``
     (submitit's), replacing the one Lightning installs, so that the job has one owner of
-    preemption and requeue: submitit."""
+    preemption and requeue: submitit.
+
+    Example:
+        >>> callbacks = [LauncherOwnsSignals()]  # microfm adds it in submitit jobs
+    """
 
     def __init__(self) -> None:
         self._saved: dict[int, object] = {}
