@@ -224,3 +224,27 @@ def test_lightning_would_respawn_a_sweep_without_launcher(tmp_path):
     check_launch(cfg, None)  # a single run on one machine: Lightning starts its processes
     with pytest.raises(ConfigError, match="cluster=local"):
         check_launch(cfg, None, multirun=True)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_launchers_and_the_preview(tmp_path):
+    """Hydra instantiates launchers only from the hydra_plugins namespace: the wheel must
+    carry microfm's there, next to the console script of the preview."""
+    import zipfile
+
+    repo = config_dir().parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(repo)],
+        check=True,
+    )
+    wheel = zipfile.ZipFile(next(tmp_path.glob("microfm-*.whl")))
+    names = wheel.namelist()
+    assert "hydra_plugins/microfm_launchers/launchers.py" in names
+    assert "hydra_plugins/__init__.py" not in names  # a namespace shared with other plugins
+    assert "microfm/conf/cluster/slurm.yaml" in names
+    assert "microfm/conf/hydra/launcher/microfm_slurm.yaml" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "microfm-slurm-preview = microfm.cli.slurm_preview:main"
+        in wheel.read(entry_points).decode()
+    )

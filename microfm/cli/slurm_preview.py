@@ -70,7 +70,6 @@ def preview(overrides: Sequence[str], launcher: bool = False) -> tuple[str, list
     from hydra.core.global_hydra import GlobalHydra
 
     from microfm.distributed.checks import check_launcher_config
-    from microfm.distributed.resolvers import pin_run_stamp
     from microfm.errors import ConfigError
     from microfm.run.config import config_dir, register_resolvers
 
@@ -80,7 +79,6 @@ def preview(overrides: Sequence[str], launcher: bool = False) -> tuple[str, list
         raise ConfigError(f"microfm-slurm-preview renders cluster=slurm, not cluster={clusters[0]}")
     if not clusters:
         overrides.insert(0, "cluster=slurm")
-    pin_run_stamp()
     register_resolvers()
     jobs = sweep_jobs(overrides)
     GlobalHydra.instance().clear()

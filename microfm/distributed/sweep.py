@@ -45,7 +45,7 @@ def executor_parameters(params: dict[str, Any], executor: str) -> tuple[dict, di
     ``update_parameters`` arguments, exactly as hydra-submitit-launcher does."""
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    params = {k: v for k, v in params.items() if k != "_target_"}
+    params = {k: v for k, v in params.items() if k not in ("_target_", "parallel_jobs")}
     init_keys = {"max_num_timeout"}
     init = {"folder": params["submitit_folder"]}
     init.update({f"{executor}_{k}": v for k, v in params.items() if k in init_keys})
@@ -197,7 +197,15 @@ def launch_submitit(launcher: Any, job_overrides: Sequence[Sequence[str]], first
         (list(ov), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
         for num, ov in enumerate(job_overrides, start=first)
     ]
-    jobs = executor.map_array(launcher, *zip(*args))
+    # submitit's local executor starts every job at once; one machine runs a few at a time
+    parallel = int(launcher.params.get("parallel_jobs") or len(args))
+    jobs = []
+    for start in range(0, len(args), parallel):
+        chunk = executor.map_array(launcher, *zip(*args[start : start + parallel]))
+        if start + parallel < len(args):
+            for job in chunk:
+                job.wait()
+        jobs += chunk
     returns, rows = [], []
     for (overrides, _, num, _, _), cfg, job in zip(args, configs, jobs):
         error = ""
