@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from microfm.run.loggers import log_figure
 from microfm.utils.figures import plot_curves
 from microfm.utils.io import update_json
 
@@ -60,8 +61,10 @@ class RunResults(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.time()
 
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
+    # module logs the epoch's metrics, so callback_metrics would still hold the previous ones
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         val = _scalars(trainer.callback_metrics, "val/")
@@ -84,7 +87,8 @@ class RunResults(L.Callback):
 
 class Figures(L.Callback):
     """Training curves (``figs/training_curves.png``) and test predictions
-    (``figs/test_<task>.png``), rank 0 only."""
+    (``figs/test_<task>.png``), rank 0 only; each figure also goes to the experiment loggers
+    that take images (``logger=wandb``) under ``figs/<name>``."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.figs = Path(run_dir) / "figs"
@@ -103,14 +107,16 @@ class Figures(L.Callback):
         self._record(trainer, "train/")
 
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._record(trainer, "val/")
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.history:
-            plot_curves(self.history, self.figs / "training_curves.png")
+            path = self.figs / "training_curves.png"
+            plot_curves(self.history, path)
+            log_figure(trainer.loggers, "figs/training_curves", path)
 
     def state_dict(self) -> dict:
         return {"history": self.history}
@@ -122,4 +128,7 @@ class Figures(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         for name, examples in getattr(pl_module, "examples", {}).items():
             if examples:
-                pl_module.tasks[name].plot_examples(examples, self.figs / f"test_{name}.png")
+                path = self.figs / f"test_{name}.png"
+                pl_module.tasks[name].plot_examples(examples, path)
+                if path.is_file():
+                    log_figure(trainer.loggers, f"figs/test_{name}", path)

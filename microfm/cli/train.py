@@ -3,6 +3,8 @@
 microfm-train backbone=dinov3_vits16 task=cellseg
 microfm-train experiment=cellseg_quick trainer.max_epochs=2
 microfm-train --help        # config groups and their options
+microfm-train -m finetune.lora.r=4,8,16                      # a sweep, one job after the other
+microfm-train cluster=slurm trainer.devices=4 finetune.lora.r=4,8   # one SLURM job per point
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from microfm.distributed.resolvers import pin_run_stamp
 from microfm.errors import MicrofmError
 from microfm.run.config import config_dir
 
@@ -27,18 +30,29 @@ def _main(cfg: DictConfig) -> float | None:
     # handler so each message appears once.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         metrics = train(cfg)
     except MicrofmError as exc:
         log.error("%s", exc)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # recorded as this job's failure; the other jobs go on
         print(f"microfm-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        print("microfm-train: stopped by SIGTERM (resume=auto continues)", file=sys.stderr)
+        raise SystemExit(143) from None
     monitor = cfg.task.get("monitor", "")
     value = metrics.get(monitor.replace("val/", "test/", 1)) or metrics.get(f"best/{monitor}")
     return float(value) if value is not None else None
 
 
 def main() -> None:
+    # one run stamp for this launch: every rank, job and requeue names its folder with it
+    pin_run_stamp()
     _main()
 
 

@@ -34,7 +34,8 @@ class MicroscopyDataModule(L.LightningDataModule):
     "test": ds}``; this class checks them and serves seeded, epoch-aware loaders.
 
     Args:
-        batch_size: samples per batch (per process under DDP).
+        batch_size: samples per batch, in total over all processes: under DDP each of the
+            ``world_size`` processes loads ``batch_size / world_size`` samples.
         num_workers: loader worker processes, or ``"auto"``.
         seed: run seed (sampling order and augmentation).
         in_chans: number of image channels the datasets deliver.
@@ -65,6 +66,7 @@ class MicroscopyDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
         self._train_sampler: SeededSampler | None = None
+        self._train_sampler_state: dict | None = None  # from a checkpoint, for the next loader
 
     def build_datasets(self) -> dict[str, Dataset]:
         raise NotImplementedError
@@ -91,15 +93,31 @@ class MicroscopyDataModule(L.LightningDataModule):
         sampler = SeededSampler(ds, seed=self.seed, shuffle=shuffle)
         if shuffle:
             self._train_sampler = sampler
+            if self._train_sampler_state:  # a resumed fit continues mid-epoch
+                sampler.load_state_dict(self._train_sampler_state)
+                self._train_sampler_state = None
+        world = getattr(getattr(self, "trainer", None), "world_size", 1) or 1
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
+                f"{world} processes (trainer.devices x trainer.num_nodes)"
+            )
         return DataLoader(
             ds,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size // world,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and self._on_gpu(),
             drop_last=shuffle and len(ds) >= 2 * self.batch_size,
             persistent_workers=False,  # workers must see the epoch that set_epoch stored
         )
+
+    def state_dict(self) -> dict:
+        """Position of the training sampler in its epoch (Lightning saves it in checkpoints)."""
+        return self._train_sampler.state_dict() if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_sampler_state = dict(state_dict) or None
 
     def _on_gpu(self) -> bool:
         trainer = getattr(self, "trainer", None)

@@ -3,6 +3,7 @@ heads and backbone, no weight decay on norms, biases and tokens, linear warm-up 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 
@@ -11,7 +12,13 @@ from torch import nn
 
 from microfm.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "register_tokens", "mask_token")
+
+
+# optim.lr_scaling: factor of the learning rates for W processes
+_LR_SCALING = {"none": lambda w: 1.0, "linear": float, "sqrt": math.sqrt}
 
 
 def _no_decay(name: str, p: torch.Tensor) -> bool:
@@ -49,6 +56,13 @@ class OptimConfig:
         warmup: fraction of the total steps (< 1) or number of steps (>= 1) of linear warm-up.
         min_lr_ratio: final learning rate of the cosine as a fraction of the peak.
         scheduler: ``cosine`` or ``constant`` (after warm-up).
+        lr_scaling: how both learning rates grow with the number of processes ``W``:
+            ``linear`` (× W), ``sqrt`` (× √W) or ``none``. ``data.batch_size`` is the global
+            batch, so ``none`` keeps a run the same on any number of devices.
+
+    Example:
+        >>> OptimConfig(lr=1e-3, lr_scaling="sqrt").scale(4)
+        2.0
     """
 
     def __init__(
@@ -60,6 +74,7 @@ class OptimConfig:
         warmup: float = 0.05,
         min_lr_ratio: float = 0.01,
         scheduler: str = "cosine",
+        lr_scaling: str = "none",
     ) -> None:
         if lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {lr}")
@@ -69,6 +84,10 @@ class OptimConfig:
             raise ConfigError(f"optim.lr_backbone must be 'auto' or >= 0, got {lr_backbone!r}")
         if scheduler not in ("cosine", "constant"):
             raise ConfigError(f"optim.scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+        if lr_scaling not in _LR_SCALING:
+            raise ConfigError(
+                f"optim.lr_scaling must be one of {', '.join(_LR_SCALING)}, got {lr_scaling!r}"
+            )
         self.lr = float(lr)
         self.lr_backbone = lr_backbone
         self.weight_decay = float(weight_decay)
@@ -76,6 +95,11 @@ class OptimConfig:
         self.warmup = float(warmup)
         self.min_lr_ratio = float(min_lr_ratio)
         self.scheduler = scheduler
+        self.lr_scaling = lr_scaling
+
+    def scale(self, world_size: int) -> float:
+        """Factor applied to the learning rates with ``world_size`` processes."""
+        return _LR_SCALING[self.lr_scaling](max(1, int(world_size)))
 
     def backbone_lr(self, pretrained: bool) -> float:
         if self.lr_backbone == "auto":
@@ -83,12 +107,25 @@ class OptimConfig:
         return float(self.lr_backbone)
 
     def build(
-        self, backbone: nn.Module, heads: nn.Module, pretrained: bool, total_steps: int
+        self,
+        backbone: nn.Module,
+        heads: nn.Module,
+        pretrained: bool,
+        total_steps: int,
+        world_size: int = 1,
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        factor = self.scale(world_size)
+        if factor != 1.0:
+            log.info("optim.lr_scaling=%s: learning rates x %.4g", self.lr_scaling, factor)
         groups = param_groups(
-            backbone.named_parameters(), self.backbone_lr(pretrained), self.weight_decay, "backbone"
+            backbone.named_parameters(),
+            self.backbone_lr(pretrained) * factor,
+            self.weight_decay,
+            "backbone",
         )
-        groups += param_groups(heads.named_parameters(), self.lr, self.weight_decay, "head")
+        groups += param_groups(
+            heads.named_parameters(), self.lr * factor, self.weight_decay, "head"
+        )
         if not groups:
             raise ConfigError("nothing to train: every parameter is frozen")
         optimizer = torch.optim.AdamW(groups, betas=self.betas)

@@ -127,7 +127,11 @@ class SupervisedModule(L.LightningModule):
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches) if self.trainer else 1000
         optimizer, scheduler = self.optim.build(
-            self.backbone, self.tasks, getattr(self.backbone, "pretrained", False), total
+            self.backbone,
+            self.tasks,
+            getattr(self.backbone, "pretrained", False),
+            total,
+            world_size=self.trainer.world_size if self.trainer else 1,
         )
         return {
             "optimizer": optimizer,

@@ -29,8 +29,11 @@ def _length(value) -> int:
 
 def register_resolvers() -> None:
     """Resolvers used inside microfm's configs (idempotent)."""
+    from microfm.distributed.resolvers import register
+
     if not OmegaConf.has_resolver("microfm.len"):
         OmegaConf.register_new_resolver("microfm.len", _length)
+    register()  # run stamp, job and rank suffixes, sweep group
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

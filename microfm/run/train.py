@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from microfm.callbacks import Figures, RunResults
+from microfm.data.sampling import SamplerProgress
+from microfm.distributed.checks import check_launch
+from microfm.distributed.environment import cluster_environment, current_launch, set_rank_zero
+from microfm.distributed.preemption import (
+    CheckpointOnSigterm,
+    LauncherOwnsSignals,
+    resume_path,
+)
+from microfm.distributed.resolvers import process_rank
 from microfm.modules import SupervisedModule
 from microfm.run.build import (
     build,
@@ -21,21 +31,20 @@ from microfm.run.build import (
 )
 from microfm.run.checkpoint_io import AtomicCheckpointIO
 from microfm.run.info import write_run_info
+from microfm.run.loggers import finish_loggers, log_config
 from microfm.utils.io import atomic_write_text, update_json
 
 log = logging.getLogger(__name__)
 
+# microfm's SeededSampler resumes mid-epoch (its position is saved with the DataModule's state)
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 
-def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    resume = cfg.get("resume")
-    if not resume:
-        return None
-    path = run_dir / "ckpts" / "last.ckpt" if resume == "last" else Path(str(resume))
-    if not path.is_file():
-        from microfm.errors import ConfigError
 
-        raise ConfigError(f"resume: checkpoint not found: {path}")
-    return str(path)
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @rank_zero_only
@@ -49,13 +58,19 @@ def train(cfg: DictConfig) -> dict:
     """Fit ``cfg.task`` on ``cfg.data`` and (unless ``test=false``) test the best checkpoint.
 
     Every object is built and the data are checked before the first training step, so a bad
-    key, file or setting fails within seconds.
+    key, file or setting fails within seconds. Under a cluster launcher every process calls
+    this; the processes must be those the trainer expects (one per device), and only rank 0
+    writes the run folder's files.
 
     Returns:
         The contents of ``<run_dir>/metrics.json``.
     """
     check_settings(cfg)
+    launch = current_launch()
+    check_launch(cfg, launch, multirun=_is_multirun())
+    set_rank_zero(launch.global_rank if launch else process_rank())
     run_dir = Path(cfg.run_dir)
+    ckpt_path = resume_path(cfg.get("resume"), run_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     task = build(cfg.task, "task")
@@ -66,18 +81,24 @@ def train(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
 
     _write_run_files(run_dir, cfg)
+    resolved = resolved_config(cfg)
     callbacks = [
         *build_callbacks(cfg),
         RunResults(
             run_dir,
-            resolved_config(cfg),
+            resolved,
             meta={"finetune_applied": finetune.mode, "adapted_modules": list(finetune.wrapped)},
         ),
         Figures(run_dir),
+        SamplerProgress(),
+        CheckpointOnSigterm(run_dir / "ckpts" / "last.ckpt"),
     ]
-    trainer = build_trainer(
-        cfg, callbacks, build(cfg.get("logger"), "logger"), plugins=[AtomicCheckpointIO()]
-    )
+    if launch is not None and launch.source.startswith("submitit"):
+        callbacks.append(LauncherOwnsSignals())
+    environment = cluster_environment()
+    plugins = [AtomicCheckpointIO(), *([environment] if environment is not None else [])]
+    trainer = build_trainer(cfg, callbacks, build(cfg.get("logger"), "logger"), plugins=plugins)
+    log_config(trainer.loggers, resolved)
     if trainer.is_global_zero:
         n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
         update_json(
@@ -89,11 +110,19 @@ def train(cfg: DictConfig) -> dict:
             },
         )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
-    if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback
-        best = "best" if ckpt is not None and ckpt.best_model_path else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    success = False
+    try:
+        with warnings.catch_warnings():
+            if ckpt_path:  # resuming into the run folder: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if cfg.get("test", True):
+            ckpt = trainer.checkpoint_callback
+            best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        success = True
+    finally:
+        finish_loggers(trainer.loggers, success)  # closes this job's W&B run
 
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

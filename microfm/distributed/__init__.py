@@ -1,0 +1,2 @@
+"""Distributed runs: cluster-environment glue (SLURM, submitit), launch checks, sweeps,
+preemption-safe resume."""
