@@ -120,9 +120,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--mirror", default=None, help="base URL replacing the original servers")
     f.add_argument("--retries", type=int, default=3, help="attempts (each resumes)")
     f.set_defaults(func=_fetch)
-    c = sub.add_parser(
-        "check", help="validate a dataset and describe its splits (Hydra overrides)"
-    )
+    c = sub.add_parser("check", help="validate a dataset and describe its splits (Hydra overrides)")
     c.add_argument("overrides", nargs="*", help="e.g. data=folder data.root=/path")
     c.set_defaults(func=_check)
     m = sub.add_parser("compose", help="build the em_composed layout from Lucchi++ and VNC")

@@ -143,7 +143,9 @@ class ClassificationDataModule(FileDataModule):
             if not file.exists():
                 raise DataError(f"{where}: image not found: {file}")
             domain = domains.index(row[domain_col]) if row.get(domain_col) else None
-            recs = self._records_for(file, row[path_col], self._index(row[label_col], where), domain)
+            recs = self._records_for(
+                file, row[path_col], self._index(row[label_col], where), domain
+            )
             split = (row.get(split_col) or "").strip()
             if split and split not in SPLITS:
                 raise DataError(f"{where}: split {split!r} is not one of {SPLITS}")

@@ -75,6 +75,7 @@ def download(
     retries: int = 3,
     timeout: float = 60.0,
     echo: Callable[[str], None] = print,
+    retry_wait: float = 2.0,
 ) -> str:
     """Download ``url`` to ``dest`` (resumable, verified); returns the file's SHA-256.
 
@@ -95,7 +96,8 @@ def download(
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             last = exc
             echo(f"attempt {attempt}/{retries} failed: {exc}")
-            time.sleep(min(2.0 * attempt, 10.0) if attempt < retries else 0)
+            if attempt < retries:
+                time.sleep(min(retry_wait * attempt, 10.0))
     else:
         raise DataError(
             f"download of {url} failed after {retries} attempts ({last}); run the command again "
@@ -139,6 +141,7 @@ def fetch(
     registry: dict[str, DatasetSource] | None = None,
     echo: Callable[[str], None] = print,
     retries: int = 3,
+    retry_wait: float = 2.0,
 ) -> Path:
     """Download (or resume) every file of a registered dataset, verify and unpack it.
 
@@ -164,7 +167,7 @@ def fetch(
     echo(f"licence: {source.licence}")
     echo(f"please cite: {source.citation}")
     for remote in source.files:
-        _fetch_file(remote, folder, known, mirror, echo, retries)
+        _fetch_file(remote, folder, known, mirror, echo, retries, retry_wait)
         atomic_write_text(known_path, json.dumps(known, indent=1, sort_keys=True))
     root = folder / source.root if source.root else folder
     echo(f"{name} is ready in {root}")
@@ -180,6 +183,7 @@ def _fetch_file(
     mirror: str | None,
     echo: Callable[[str], None],
     retries: int,
+    retry_wait: float,
 ) -> None:
     dest = folder / remote.filename
     marker = folder / f".{remote.filename}.unpacked"
@@ -191,7 +195,7 @@ def _fetch_file(
         echo(f"{remote.filename}: already downloaded")
         return
     if not dest.is_file():
-        digest = download(url, dest, expected, retries=retries, echo=echo)
+        digest = download(url, dest, expected, retries=retries, echo=echo, retry_wait=retry_wait)
         if remote.sha256 is None:
             if expected is None:
                 echo(

@@ -107,9 +107,7 @@ class FileDataModule(MicroscopyDataModule):
         self.domain_names: list[str] = []
         self.records: dict[str, list[Record]] = {}
         self.skipped: list[str] = []
-        self.store = SampleStore(
-            self.normalizer, channels, axes, self.in_chans, self.cache_dir
-        )
+        self.store = SampleStore(self.normalizer, channels, axes, self.in_chans, self.cache_dir)
 
     # -- to implement ---------------------------------------------------------------------
     def discover(self) -> dict[str, list[Record]]:
@@ -165,7 +163,9 @@ class FileDataModule(MicroscopyDataModule):
             return
         offset, scale = self.normalizer.fit(self.store.raw_image(r) for r in train)
         if path is not None:
-            atomic_write_text(path, json.dumps({"offset": offset.tolist(), "scale": scale.tolist()}))
+            atomic_write_text(
+                path, json.dumps({"offset": offset.tolist(), "scale": scale.tolist()})
+            )
 
     def _pad_size(self, records: Sequence[Record]) -> tuple[int, int]:
         shapes = [self.store.infos[r].shape for r in records]
@@ -276,7 +276,9 @@ class FileDataModule(MicroscopyDataModule):
         if self.cache_dir is not None:
             keys = [self.store.key(r) for r in self.records["train"]]
             src = json.dumps([self.normalizer.settings(), keys, max_images], sort_keys=True)
-            path = self.cache_dir / "channel_stats" / f"{hashlib.sha1(src.encode()).hexdigest()}.json"
+            path = (
+                self.cache_dir / "channel_stats" / f"{hashlib.sha1(src.encode()).hexdigest()}.json"
+            )
             if path.is_file():
                 d = json.loads(path.read_text())
                 self._channel_stats = (d["mean"], d["std"])

@@ -1,5 +1,4 @@
-"""Datasets over files: records read through a :class:`SampleStore`, and a domain-balanced view.
-"""
+"""Datasets over files: records read through a :class:`SampleStore`, and a domain-balanced view."""
 
 from __future__ import annotations
 

@@ -133,9 +133,7 @@ class FolderDataModule(FileDataModule):
             planes = range(n) if n > 1 else [None]
             for plane in planes:
                 name = stem if plane is None else f"{stem}@{plane}"
-                records.append(
-                    Record(path, name, plane=plane, target_plane=plane, **files)
-                )
+                records.append(Record(path, name, plane=plane, target_plane=plane, **files))
         return records
 
     def discover(self) -> dict[str, list[Record]]:

@@ -66,7 +66,7 @@ def layout(axes: str, shape: Sequence[int], source: str, label: bool = False) ->
     if len(axes) != len(shape):
         raise DataError(
             f"{source}: axes {axes!r} do not fit an array of shape {tuple(shape)} "
-            f"(set data.axes to {len(shape)} letters, e.g. {'ZCYX'[-len(shape):]!r})"
+            f"(set data.axes to {len(shape)} letters, e.g. {'ZCYX'[-len(shape) :]!r})"
         )
     if axes.count("Y") != 1 or axes.count("X") != 1 or len(set(axes)) != len(axes):
         raise DataError(f"{source}: axes {axes!r} need exactly one Y and one X, no repeats")
@@ -350,11 +350,14 @@ def read_label(
     plane: int | None = None,
     region: tuple[slice, slice] | None = None,
     member: str | None = None,
+    check: bool = True,
 ) -> np.ndarray:
-    """A label map (instances, classes or depth) as (H, W).
+    """A label map (instances or classes; with ``check=False`` any single-channel target such
+    as depth) as (H, W).
 
     Files with several identical channels (grey labels saved as RGB) are accepted; real
-    multi-channel files are an error naming the file.
+    multi-channel files are an error naming the file. With ``check``, labels must be
+    non-negative integers (see :func:`check_label_values`).
     """
     source = _where(path, member)
     arr, stored_axes = _stored(path, member, label=True)
@@ -368,7 +371,7 @@ def read_label(
                 f"{source}: a label/target file must have one channel, this one has "
                 f"{out.shape[0]} (shape {tuple(out.shape)})"
             )
-    return out[0]
+    return check_label_values(out[0], source) if check else out[0]
 
 
 def count_planes(

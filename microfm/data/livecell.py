@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def coco_instances(coco, image_id: int) -> np.ndarray:
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
     anns = sorted(anns, key=lambda a: -float(a.get("area", 0.0)))
     out = np.zeros((h, w), dtype=np.uint32)
-    for i, ann in enumerate(anns, start=1):
-        out[coco.annToMask(ann).astype(bool)] = i
+    with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for i, ann in enumerate(anns, start=1):
+            out[coco.annToMask(ann).astype(bool)] = i
     ids = np.unique(out[out > 0])
     lut = np.zeros(len(anns) + 1, dtype=np.uint32)
     lut[ids] = np.arange(1, ids.size + 1)

@@ -179,6 +179,11 @@ def split_records(
             chosen = [r for r in pool if r.name in wanted or image_stem(r.image) in wanted]
             out[s].extend(chosen)
             pool = [r for r in pool if r not in set(chosen)]
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for r in pool:  # fractions are of the whole pool, stratified by (domain, label)
+        groups[(r.domain, r.label)].append(r)
+    sizes = {key: len(members) for key, members in groups.items()}
+    total = len(pool)
     for s in ("test", "val"):
         value = split.get(s)
         if value is None or isinstance(value, str):
@@ -188,19 +193,16 @@ def split_records(
             raise ConfigError(f"data.split.{s} must be a fraction in [0, 1), got {value}")
         if frac == 0.0 or not pool:
             continue
-        groups: dict[tuple, list[Record]] = defaultdict(list)
-        for r in pool:
-            groups[(r.domain, r.label)].append(r)
-        total = max(1, round(frac * len(pool)))
         chosen: list[Record] = []
         for key in sorted(groups, key=lambda k: (str(k[0]), str(k[1]))):
             members = sorted(groups[key], key=lambda r: _rank(r.name, seed))
-            chosen.extend(members[: round(frac * len(members))])
+            chosen.extend(members[: round(frac * sizes[key])])
         if not chosen:  # every group too small to round up: take the top of the pool
-            chosen = sorted(pool, key=lambda r: _rank(r.name, seed))[:total]
-        out[s].extend(chosen)
+            chosen = sorted(pool, key=lambda r: _rank(r.name, seed))[: max(1, round(frac * total))]
         taken = set(chosen)
+        out[s].extend(chosen)
         pool = [r for r in pool if r not in taken]
+        groups = {k: [r for r in v if r not in taken] for k, v in groups.items()}
     if isinstance(split.get("train"), str):
         pass  # the list file defined train; unlisted images stay unused
     else:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from microfm.data.io import check_label_values, image_info, is_lazy, read_image, read_label
+from microfm.data.io import image_info, is_lazy, read_image, read_label
 from microfm.data.records import Record
 from microfm.errors import DataError
 from microfm.transforms.intensity import Normalizer, image_stats
@@ -166,10 +166,9 @@ class SampleStore:
                 record.image, self.channels, self.axes, record.plane, region, record.member
             )
         path = record.target_files[key]
-        out = read_label(path, plane=record.target_plane, region=region)
+        out = read_label(path, plane=record.target_plane, region=region, check=key != "depth")
         if key == "depth":
             return out.astype(np.float32, copy=False)
-        out = check_label_values(out, str(path))
         if key == "semantic" and out.size and out.max() == 255 and _binary_255(out):
             out = (out > 0).astype(np.uint8)
         return out
@@ -244,7 +243,7 @@ class SampleStore:
         if is_lazy(record.image):
             info = self.infos[record]
             return self._lazy_sample(record, *info.shape[1:])
-        return self.arrays(record, ())[0]["image"]
+        return self._arrays(record, ())["image"]
 
     def norm_fn(self, record: Record) -> Callable[[np.ndarray], np.ndarray]:
         """The function normalising (a region of) the record's raw image."""
@@ -263,6 +262,9 @@ class SampleStore:
     def arrays(self, record: Record, derived: Sequence[str] = ()) -> tuple[dict, Callable]:
         """Sliceable arrays of a prepared record (``image`` raw, targets, cached ``derived``
         targets such as ``dist``) and the normalisation to apply to image regions."""
+        return self._arrays(record, derived), self.norm_fn(record)
+
+    def _arrays(self, record: Record, derived: Sequence[str]) -> dict[str, object]:
         info = self.infos.get(record) or self.prepare(record)
         entry = self._entry(record)
         out: dict[str, object] = {}
@@ -289,10 +291,9 @@ class SampleStore:
             out["label"] = record.label
         if record.domain is not None:
             out["domain"] = record.domain
-        return out, self.norm_fn(record)
+        return out
 
 
 def _binary_255(mask: np.ndarray) -> bool:
     values = np.unique(mask)
     return bool(np.isin(values, (0, 255)).all())
-

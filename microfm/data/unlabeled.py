@@ -80,9 +80,7 @@ class UnlabeledDataModule(FileDataModule):
 
     def _source_records(self, source: str) -> list[Record]:
         if any(c in source for c in _GLOB_CHARS):
-            paths = sorted(
-                Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)
-            )
+            paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
             paths = [p for p in paths if is_image_path(p)]
             if not paths:
                 raise DataError(f"data.root: the pattern {source} matches no image")

@@ -3,9 +3,10 @@
 Geometric transforms move the image, instance labels, semantic masks, depth and distance maps
 together (labels and masks with nearest-neighbour interpolation, so ids stay ids; depth and
 distance maps bilinearly); intensity transforms (brightness, contrast, gamma, blur, noise,
-inversion) touch the image only. Everything works on float32 data derived from 16-bit images and on any
-number of channels. Randomness comes from a per-sample seed, so a sample's augmentation depends
-only on (run seed, epoch, index): reproducible with any number of workers and after a resume.
+inversion) touch the image only. Everything works on float32 data derived from 16-bit images
+and on any number of channels. Randomness comes from a per-sample seed, so a sample's
+augmentation depends only on (run seed, epoch, index): reproducible with any number of workers
+and after a resume.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ def random_crop_region(
     """A ``size``×``size`` window of an image of (H, W) ``shape`` (clipped to the image).
 
     With ``foreground`` (an (H, W) array-like supporting slicing, non-zero = object) and
-    ``min_foreground`` > 0, up to ``tries`` positions are drawn and the first whose fraction of
-    foreground pixels reaches ``min_foreground`` is taken (otherwise the one with the most
-    foreground).
+    ``min_foreground`` > 0, up to ``tries`` uniformly random positions are drawn and the first
+    whose fraction of foreground pixels reaches ``min_foreground`` is taken; when none does
+    (sparse objects), further windows are centred on random foreground pixels, and the window
+    with the most foreground wins.
 
     Example:
         >>> rows, cols = random_crop_region((100, 80), 64, np.random.default_rng(0))
@@ -33,19 +34,38 @@ def random_crop_region(
     """
     H, W = int(shape[0]), int(shape[1])
     h, w = min(size, H), min(size, W)
-    best, best_frac = None, -1.0
-    n = max(1, tries) if (foreground is not None and min_foreground > 0) else 1
-    for _ in range(n):
-        y0 = int(rng.integers(0, H - h + 1))
-        x0 = int(rng.integers(0, W - w + 1))
-        region = (slice(y0, y0 + h), slice(x0, x0 + w))
-        if n == 1:
-            return region
-        frac = float(np.count_nonzero(np.asarray(foreground[region]))) / float(h * w)
+
+    def window(y0: int, x0: int) -> tuple[slice, slice]:
+        y0, x0 = min(max(y0, 0), H - h), min(max(x0, 0), W - w)
+        return (slice(y0, y0 + h), slice(x0, x0 + w))
+
+    def fraction(region) -> float:
+        return float(np.count_nonzero(np.asarray(foreground[region]))) / float(h * w)
+
+    first = window(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)))
+    if foreground is None or min_foreground <= 0:
+        return first
+    best, best_frac = first, fraction(first)
+    candidates = [first] + [
+        window(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)))
+        for _ in range(max(0, tries - 1))
+    ]
+    for region in candidates:
+        frac = fraction(region) if region is not first else best_frac
         if frac >= min_foreground:
             return region
         if frac > best_frac:
             best, best_frac = region, frac
+    ys, xs = np.nonzero(np.asarray(foreground))
+    if ys.size:
+        for _ in range(max(1, tries)):
+            k = int(rng.integers(ys.size))
+            region = window(int(ys[k]) - h // 2, int(xs[k]) - w // 2)
+            frac = fraction(region)
+            if frac >= min_foreground:
+                return region
+            if frac > best_frac:
+                best, best_frac = region, frac
     return best
 
 
@@ -84,8 +104,10 @@ def resize_sample(sample: Mapping[str, object], height: int, width: int) -> dict
         flat = value.reshape(-1, *value.shape[-2:])
         src = flat if value.dtype.kind == "f" else flat.astype(np.int32)
         res = np.stack(
-            [cv2.resize(np.ascontiguousarray(ch), (width, height), interpolation=interp)
-             for ch in src]
+            [
+                cv2.resize(np.ascontiguousarray(ch), (width, height), interpolation=interp)
+                for ch in src
+            ]
         ).astype(value.dtype, copy=False)
         out[key] = res.reshape(*value.shape[:-2], height, width)
     return out

@@ -52,7 +52,7 @@ def image_stats(
     C = x.shape[0]
     if mode == "none" or x.shape[1] == 0:
         return np.zeros(C), np.ones(C)
-    with np.errstate(all="ignore"), _quiet():
+    with np.errstate(all="ignore"), _Quiet():
         if mode == "percentile":
             if not 0 <= low < high <= 100:
                 raise ValueError(
@@ -70,7 +70,7 @@ def image_stats(
     return _nan_safe(offset, 0.0), _nan_safe(scale, 0.0)
 
 
-class _quiet:
+class _Quiet:
     """Silence numpy's all-NaN slice warnings (an all-NaN channel normalises to 0)."""
 
     def __enter__(self):
@@ -99,9 +99,13 @@ def apply_stats(
         raise ValueError(f"{off.shape[0]} channel statistics for an image with {x.shape[0]}")
     with np.errstate(all="ignore"):
         out = (x - off.astype(x.dtype)) * (1.0 / sc).astype(x.dtype)
+    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # non-finite inputs -> 0
     if clip:
         out = np.clip(out, 0.0, 1.0)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+    elif out.dtype == np.float64:  # keep huge float64 values finite in float32
+        f32 = float(np.finfo(np.float32).max)
+        out = np.clip(out, -f32, f32)
+    return out.astype(np.float32, copy=False)
 
 
 def percentile_normalize(
@@ -237,13 +241,12 @@ class Normalizer:
         for image in images:
             x = _channels(image).astype(np.float64)
             finite = np.isfinite(x)
-            xz = np.where(finite, x, 0.0)
-            n = finite.sum(axis=1)
-            total = xz.sum(axis=1) + (0 if total is None else total)
-            total_sq = (xz**2).sum(axis=1) + (0 if total_sq is None else total_sq)
-            count = n + count
-            with _quiet():
+            with np.errstate(over="ignore", invalid="ignore"), _Quiet():
+                xz = np.where(finite, x, 0.0)
+                total = xz.sum(axis=1) + (0 if total is None else total)
+                total_sq = (xz**2).sum(axis=1) + (0 if total_sq is None else total_sq)
                 mn, mx = np.nanmin(x, axis=1), np.nanmax(x, axis=1)
+            count = finite.sum(axis=1) + count
             lo = mn if lo is None else np.fmin(lo, mn)
             hi = mx if hi is None else np.fmax(hi, mx)
             step = max(1, x.shape[1] // _SUBSAMPLE)
@@ -253,16 +256,18 @@ class Normalizer:
         if self.mode == "none":
             stats = (np.zeros_like(total), np.ones_like(total))
         elif self.mode == "minmax":
-            stats = (_nan_safe(lo, 0.0), _nan_safe(hi - lo, 0.0))
+            with np.errstate(over="ignore", invalid="ignore"):
+                stats = (_nan_safe(lo, 0.0), _nan_safe(hi - lo, 0.0))
         elif self.mode == "meanstd":
-            mean = total / np.maximum(count, 1)
-            var = np.maximum(total_sq / np.maximum(count, 1) - mean**2, 0.0)
-            stats = (mean, np.sqrt(var))
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean = total / np.maximum(count, 1)
+                var = np.maximum(total_sq / np.maximum(count, 1) - mean**2, 0.0)
+            stats = (_nan_safe(mean, 0.0), _nan_safe(np.sqrt(var), 0.0))
         else:
             pooled = np.concatenate(samples, axis=1)
-            with _quiet():
+            with _Quiet(), np.errstate(over="ignore", invalid="ignore"):
                 p = np.nanpercentile(pooled, [self.low, self.high], axis=1)
-            stats = (_nan_safe(p[0], 0.0), _nan_safe(p[1] - p[0], 0.0))
+                stats = (_nan_safe(p[0], 0.0), _nan_safe(p[1] - p[0], 0.0))
         self.dataset_stats = (np.asarray(stats[0], float), np.asarray(stats[1], float))
         return self.dataset_stats
 
