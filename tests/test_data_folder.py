@@ -128,7 +128,7 @@ def test_cache_serves_later_runs_without_reading_files(tmp_path, monkeypatch):
     first.setup()
     expected = first.datasets["val"][0]
 
-    import microfm.data.io as io_mod
+    import microfm.data.formats as io_mod
 
     def boom(*a, **k):
         raise AssertionError("a file was read although the cache holds it")

@@ -67,6 +67,15 @@ def test_dataset_scope_uses_pooled_statistics():
     np.testing.assert_allclose(lo_hi[0] + lo_hi[1], expected[1])
 
 
+def test_state_round_trip_keeps_dataset_statistics():
+    img = np.random.default_rng(1).integers(0, 4000, (2, 16, 16)).astype(np.uint16)
+    norm = Normalizer("percentile", 2, 98, scope="dataset", clahe=True)
+    norm.fit([img, img // 2])
+    again = Normalizer.from_state(norm.state())
+    assert again.settings() == norm.settings()
+    np.testing.assert_array_equal(again(img), norm(img))
+
+
 def test_clahe_keeps_range_and_shape():
     rng = np.random.default_rng(0)
     img = (rng.random((2, 64, 64)) ** 3 * 4000).astype(np.uint16)

@@ -44,6 +44,16 @@ def test_cellseg_trains_on_bbbc039_through_data_folder(shared, tmp_path):
     for key in ("test/cellseg/op_csb", "best/val/cellseg/op_csb", "test/cellseg/loss"):
         assert key in stored and stored[key] == metrics[key]
     assert 0.0 <= metrics["test/cellseg/op_csb"] <= 1.0
+    # the checkpoint carries what inference needs to normalise images the same way
+    import torch
+
+    from microfm.transforms import Normalizer
+
+    ckpt = torch.load(run / "ckpts" / "best.ckpt", map_location="cpu", weights_only=False)
+    state = ckpt["FolderDataModule"]["microfm_data"]
+    assert state["in_chans"] == 1 and state["channels"] is None
+    norm = Normalizer.from_state(state["normalizer"])
+    assert norm.settings() == {**norm.settings(), "mode": "percentile", "low": 1.0, "high": 99.8}
 
 
 def test_check_command_describes_the_splits(shared, tmp_path, capsys):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -133,7 +134,7 @@ class FileDataModule(MicroscopyDataModule):
             except DataError as exc:
                 bad[record] = str(exc)
 
-        workers = min(8, max(1, len(records)))
+        workers = max(1, min(8, os.cpu_count() or 1, len(records)))
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(check, records))
         if bad:
@@ -226,6 +227,39 @@ class FileDataModule(MicroscopyDataModule):
             datasets[split] = ds
         self._log_summary()
         return datasets
+
+    def val_dataloader(self):
+        """No validation when the split is empty (e.g. ``data.split.val=0``)."""
+        self.setup()
+        return super().val_dataloader() if "val" in self.datasets else []
+
+    def test_dataloader(self):
+        self.setup()
+        return super().test_dataloader() if "test" in self.datasets else []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved by Lightning in every checkpoint: what inference needs to prepare images the
+        same way (normalisation with fitted dataset statistics, channels, names)."""
+        state = dict(super().state_dict())
+        state["microfm_data"] = {
+            "normalizer": self.normalizer.state(),
+            "channels": self.channels,
+            "axes": self.axes,
+            "in_chans": self.in_chans,
+            "channel_stats": getattr(self, "_channel_stats", None),
+            "domain_names": list(self.domain_names),
+            "class_names": list(getattr(self, "class_names", None) or []),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        mine = state.pop("microfm_data", None)
+        if mine is not None and mine["normalizer"].get("dataset_stats") is not None:
+            offset, scale = mine["normalizer"]["dataset_stats"]
+            self.normalizer.dataset_stats = (np.asarray(offset), np.asarray(scale))
+        super().load_state_dict(state)
 
     # -- reporting ---------------------------------------------------------------------------
     def summary(self) -> dict[str, dict[str, object]]:

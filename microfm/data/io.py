@@ -18,20 +18,38 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import io
 import os
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from microfm.data.formats import (
+    IMAGE_SUFFIXES,
+    read_member,
+    stored,
+    tar_index,
+    where,
+    zarr_array,
+)
 from microfm.errors import DataError
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Layout",
+    "check_label_values",
+    "count_planes",
+    "image_info",
+    "image_stem",
+    "is_image_path",
+    "is_lazy",
+    "layout",
+    "read_image",
+    "read_label",
+    "tar_index",
+]
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -111,148 +129,16 @@ def _take(arr, lay: Layout, plane: int | None, region: tuple[slice, slice] | Non
     return np.array(out.reshape(-1, *out.shape[-2:]), copy=True)
 
 
-# ---------------------------------------------------------------------------------- formats
-def _tiff_array(source, name: str) -> tuple[np.ndarray, str]:
-    import tifffile
-
-    with tifffile.TiffFile(source) as tif:
-        series = tif.series[0]
-        return series.asarray(), series.axes
-
-
-def _png_bit_depth(data: bytes) -> tuple[int, int]:
-    """(bit depth, colour type) from the IHDR chunk of a PNG."""
-    return data[24], data[25]
-
-
-def _pil_array(source, label: bool) -> tuple[np.ndarray, str]:
-    from PIL import Image
-
-    with Image.open(source) as im:
-        im.load()  # decodes now: a truncated file raises here
-        if im.mode == "P" and not label:
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode == "CMYK":
-            im = im.convert("RGB")
-        arr = np.asarray(im)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    return arr, "YX" if arr.ndim == 2 else "YXS"
-
-
-def _png_or_jpeg_array(data: bytes, label: bool) -> tuple[np.ndarray, str]:
-    if data[:8] == _PNG_MAGIC and len(data) > 26 and _png_bit_depth(data)[0] == 16:
-        import cv2  # Pillow reduces 16-bit RGB PNGs to 8 bit; OpenCV keeps all 16 bits
-
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise OSError("OpenCV could not decode the 16-bit PNG (truncated or corrupt)")
-        if arr.ndim == 3:  # BGR(A) -> RGB(A)
-            arr = arr[..., [2, 1, 0, 3][: arr.shape[-1]]] if arr.shape[-1] in (3, 4) else arr
-        return arr, "YX" if arr.ndim == 2 else "YXS"
-    return _pil_array(io.BytesIO(data), label)
-
-
-def _zarr_array(path: Path):
-    """(array, axes or None) of a zarr array or the full-resolution level of an OME-Zarr."""
-    import zarr
-
-    node = zarr.open(str(path), mode="r")
-    if isinstance(node, zarr.Array):
-        return node, None
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        arrays = [k for k, v in node.members() if isinstance(v, zarr.Array)]
-        if len(arrays) != 1:
-            raise OSError("a zarr group without OME-NGFF 'multiscales' metadata")
-        return node[arrays[0]], None
-    ms = multiscales[0]
-    arr = node[ms["datasets"][0]["path"]]
-    axes = ms.get("axes")
-    if axes:
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-        return arr, "".join(n[0].upper() for n in names)
-    return arr, None
-
-
-@functools.lru_cache(maxsize=4)
-def _stored_cached(path: str, member: str | None, label: bool, stamp: tuple) -> tuple:
-    return _stored_uncached(path, member, label)
-
-
-@functools.lru_cache(maxsize=8)
-def tar_index(path: str, stamp: tuple = ()) -> dict[str, tuple[int, int]]:
-    """``{member name: (data offset, size)}`` of the regular files in an uncompressed tar."""
-    with open(path, "rb") as f:
-        magic = f.read(3)
-    if magic[:2] == b"\x1f\x8b" or magic == b"BZh" or magic[:2] == b"\xfd7":
-        raise DataError(
-            f"{path}: compressed tar archive; decompress it (e.g. gunzip) so that images can "
-            "be read in random order"
-        )
-    try:
-        with tarfile.open(path, "r:") as tar:
-            return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"{path}: cannot read tar archive ({exc})") from None
-
-
-def _read_member(path: str, member: str) -> bytes:
-    st = os.stat(path)
-    index = tar_index(path, (st.st_mtime_ns, st.st_size))
-    if member not in index:
-        raise OSError(f"{member} is not a file in the archive")
-    offset, size = index[member]
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise OSError(f"{member} is truncated in the archive")
-    return data
-
-
-def _stored_uncached(path: str, member: str | None, label: bool):
-    name = member or path
-    suffix = Path(name).suffix.lower()
-    if suffix == ".zarr" and member is None:
-        return _zarr_array(Path(path))
-    if suffix in (".tif", ".tiff"):
-        return _tiff_array(io.BytesIO(_read_member(path, member)) if member else path, name)
-    if suffix in (".png", ".jpg", ".jpeg"):
-        data = _read_member(path, member) if member else Path(path).read_bytes()
-        return _png_or_jpeg_array(data, label)
-    raise OSError(f"unsupported image format {suffix!r} (readable: {', '.join(IMAGE_SUFFIXES)})")
-
-
-def _stored(path: str | os.PathLike, member: str | None = None, label: bool = False):
-    """(array, axes) of a file as stored; stacks are decoded once and kept briefly in memory,
-    so that reading their planes one after another does not decode them again."""
-    path = str(path)
-    try:
-        st = os.stat(path)
-        return _stored_cached(path, member, label, (st.st_mtime_ns, st.st_size))
-    except DataError:
-        raise
-    except Exception as exc:  # corrupt, truncated, missing, unsupported
-        where = f"{path}::{member}" if member else path
-        raise DataError(f"{where}: cannot read image ({type(exc).__name__}: {exc})") from None
-
-
 # ---------------------------------------------------------------------------------- public
 def image_info(
     path: str | os.PathLike, axes: str | None = None, member: str | None = None
 ) -> tuple[tuple[int, int, int], np.dtype, int]:
     """((C, H, W) of one plane, dtype, number of planes) of an image file."""
-    arr, stored_axes = _stored(path, member)
-    lay = _resolve(arr.shape, stored_axes, axes, _where(path, member))
+    arr, stored_axes = stored(path, member)
+    lay = _resolve(arr.shape, stored_axes, axes, where(path, member))
     shape = arr.shape
     c = int(np.prod([shape[i] for i in lay.channel])) if lay.channel else 1
     return (c, int(shape[lay.y]), int(shape[lay.x])), np.dtype(arr.dtype), _num_planes(lay, shape)
-
-
-def _where(path, member) -> str:
-    return f"{path}::{member}" if member else str(path)
 
 
 def _resolve(
@@ -296,8 +182,8 @@ def read_image(
         region: (rows, cols) slices to read (only this part of a zarr array is loaded).
         member: file name inside a tar archive.
     """
-    source = _where(path, member)
-    arr, stored_axes = _stored(path, member)
+    source = where(path, member)
+    arr, stored_axes = stored(path, member)
     lay = _resolve(arr.shape, stored_axes, axes, source)
     try:
         out = _take(arr, lay, plane, region, source)
@@ -359,8 +245,8 @@ def read_label(
     multi-channel files are an error naming the file. With ``check``, labels must be
     non-negative integers (see :func:`check_label_values`).
     """
-    source = _where(path, member)
-    arr, stored_axes = _stored(path, member, label=True)
+    source = where(path, member)
+    arr, stored_axes = stored(path, member, label=True)
     lay = _resolve(arr.shape, stored_axes, axes, source, label=True)
     out = _take(arr, lay, plane, region, source)
     if out.shape[0] > 1:
@@ -387,20 +273,20 @@ def count_planes(
         return 1
     try:
         if suffix == ".zarr" and member is None:
-            arr, stored_axes = _zarr_array(Path(path))
+            arr, stored_axes = zarr_array(Path(path))
             shape = arr.shape
         else:
             import tifffile
 
-            source = io.BytesIO(_read_member(str(path), member)) if member else path
+            source = io.BytesIO(read_member(str(path), member)) if member else path
             with tifffile.TiffFile(source) as tif:
                 series = tif.series[0]
                 shape, stored_axes = series.shape, series.axes
     except Exception as exc:
         raise DataError(
-            f"{_where(path, member)}: cannot read image ({type(exc).__name__}: {exc})"
+            f"{where(path, member)}: cannot read image ({type(exc).__name__}: {exc})"
         ) from None
-    lay = _resolve(shape, stored_axes, axes, _where(path, member), label)
+    lay = _resolve(shape, stored_axes, axes, where(path, member), label)
     return _num_planes(lay, shape)
 
 

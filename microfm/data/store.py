@@ -131,6 +131,7 @@ class SampleStore:
         self.in_chans = int(in_chans)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.infos: dict[Record, SampleInfo] = {}
+        self._keys: dict[Record, str] = {}
 
     # -- keys and cache paths -----------------------------------------------------------
     def key(self, record: Record) -> str:
@@ -150,7 +151,9 @@ class SampleStore:
     def _entry(self, record: Record) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = self.key(record)
+        key = self._keys.get(record)
+        if key is None:  # files are checked (size, time) once per process and record
+            key = self._keys[record] = self.key(record)
         return self.cache_dir / key[:2] / key
 
     @property
@@ -179,8 +182,12 @@ class SampleStore:
         entry = self._entry(record)
         if entry is not None and (entry / "info.json").is_file():
             info = SampleInfo.from_json((entry / "info.json").read_text())
-            if self.stats_key not in info.stats:
-                info.stats[self.stats_key] = self._image_stats(np.load(entry / "image.npy"))
+            if self.stats_key not in info.stats:  # cached under other normalisation settings
+                if is_lazy(record.image):
+                    image = self._lazy_sample(record, *info.shape[1:])
+                else:
+                    image = np.load(entry / "image.npy", mmap_mode="r")
+                info.stats[self.stats_key] = self._image_stats(np.asarray(image))
                 atomic_write_text(entry / "info.json", info.to_json())
             self.infos[record] = info
             return info

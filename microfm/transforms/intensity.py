@@ -211,6 +211,23 @@ class Normalizer:
             "clahe_tiles": self.clahe_tiles,
         }
 
+    def state(self) -> dict:
+        """Settings plus fitted dataset statistics, to rebuild the same normalisation for
+        inference (see :meth:`from_state`)."""
+        state: dict = {"settings": self.settings(), "dataset_stats": None}
+        if self.dataset_stats is not None:
+            state["dataset_stats"] = [np.asarray(v).tolist() for v in self.dataset_stats]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> Normalizer:
+        """The normalisation described by :meth:`state` (e.g. read from a checkpoint)."""
+        norm = cls(**state["settings"])
+        if state.get("dataset_stats") is not None:
+            offset, scale = state["dataset_stats"]
+            norm.dataset_stats = (np.asarray(offset, float), np.asarray(scale, float))
+        return norm
+
     def stats(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(offset, scale)`` used for ``image``: the dataset's when fitted with dataset
         scope, otherwise the image's own."""
