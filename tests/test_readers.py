@@ -201,3 +201,15 @@ def test_any_tiff_in_float32_out_without_nan(image, mode):
     norm = Normalizer(mode=mode)(out)
     assert norm.dtype == np.float32 and norm.shape == image.shape
     assert np.isfinite(norm).all()
+
+
+def test_shared_nuclei_fixture(shared):
+    """Real files: DSB2018 nuclei (16- and 8-bit) with 125 and 65 labelled nuclei."""
+    root = shared / "data" / "dsb2018_nuclei_fixture"
+    for size, dtype, n in ((512, np.uint16, 125), (256, np.uint8, 65)):
+        img = read_image(root / f"img{size}.tif")
+        assert img.shape == (1, size, size) and img.dtype == dtype
+        labels = read_label(root / f"labels{size}.tif")
+        assert labels.shape == (size, size) and len(np.unique(labels)) - 1 == n
+        norm = Normalizer()(img)
+        assert np.isfinite(norm).all() and len(np.unique(norm)) == len(np.unique(img))

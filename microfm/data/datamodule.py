@@ -44,6 +44,9 @@ class MicroscopyDataModule(L.LightningDataModule):
         pin_memory: pin host memory for faster GPU transfers.
     """
 
+    # datasets with several sources name them here (index = the batch's ``domain``)
+    domain_names: tuple[str, ...] = ()
+
     def __init__(
         self,
         batch_size: int = 8,
@@ -66,9 +69,6 @@ class MicroscopyDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
         self._train_sampler: SeededSampler | None = None
-
-    # datasets with several sources name them here (index = the batch's ``domain``)
-    domain_names: tuple[str, ...] = ()
 
     def build_datasets(self) -> dict[str, Dataset]:
         raise NotImplementedError
