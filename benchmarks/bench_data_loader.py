@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,12 +34,21 @@ def main() -> None:
     p.add_argument("--num-workers", default="auto")
     args = p.parse_args()
     cache = tempfile.mkdtemp(prefix="microfm-bench-")
-    cfg = compose([
-        "task=cellseg", "backbone=dinov3_vits16", "finetune=lora", "finetune.allow_random=true",
-        "data=folder", f"data.root={args.root}", f"data.crop_size={args.crop}",
-        f"data.batch_size={args.batch_size}", f"data.num_workers={args.num_workers}",
-        f"data.cache_dir={cache}", "augment=cellseg_default",
-    ])
+    cfg = compose(
+        [
+            "task=cellseg",
+            "backbone=dinov3_vits16",
+            "finetune=lora",
+            "finetune.allow_random=true",
+            "data=folder",
+            f"data.root={args.root}",
+            f"data.crop_size={args.crop}",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_workers={args.num_workers}",
+            f"data.cache_dir={cache}",
+            "augment=cellseg_default",
+        ]
+    )
     torch.manual_seed(0)
     t = time.perf_counter()
     dm = build(cfg.data, "data", augment=build(cfg.augment, "augment"))
@@ -80,17 +90,26 @@ def main() -> None:
         step()
     step_s = (time.perf_counter() - t) / args.steps
     bs = args.batch_size
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-    print(f"data: {args.root}, {len(dm.datasets['train'])} training images, crops "
-          f"{args.crop}, batch {bs}, num_workers={args.num_workers} -> {dm.num_workers}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}"
+    )
+    print(
+        f"data: {args.root}, {len(dm.datasets['train'])} training images, crops "
+        f"{args.crop}, batch {bs}, num_workers={args.num_workers} -> {dm.num_workers}"
+    )
     print(f"setup (validation + cache fill): {setup_s:.1f} s")
     print(f"loader: {loader_s * 1e3:8.1f} ms/batch = {bs / loader_s:8.1f} crops/s")
-    print(f"ViT-S/16 LoRA step: {step_s * 1e3:8.1f} ms/batch = {bs / step_s:8.1f} samples/s "
-          f"({sum(q.numel() for q in params):,} trainable parameters)")
-    print(f"loader / step throughput: {step_s / loader_s:.1f}x "
-          f"(loader time is {100 * loader_s / (loader_s + step_s):.0f}% of a step+load cycle "
-          "when run in the main process)")
+    print(
+        f"ViT-S/16 LoRA step: {step_s * 1e3:8.1f} ms/batch = {bs / step_s:8.1f} samples/s "
+        f"({sum(q.numel() for q in params):,} trainable parameters)"
+    )
+    print(
+        f"loader / step throughput: {step_s / loader_s:.1f}x "
+        f"(loader time is {100 * loader_s / (loader_s + step_s):.0f}% of a step+load cycle "
+        "when run in the main process)"
+    )
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":
