@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from microfm.data.sampling import SeededSampler
@@ -44,6 +45,9 @@ class MicroscopyDataModule(L.LightningDataModule):
         pin_memory: pin host memory for faster GPU transfers.
     """
 
+    # datasets with several sources name them here (index = the batch's ``domain``)
+    domain_names: tuple[str, ...] = ()
+
     def __init__(
         self,
         batch_size: int = 8,
@@ -70,6 +74,29 @@ class MicroscopyDataModule(L.LightningDataModule):
 
     def build_datasets(self) -> dict[str, Dataset]:
         raise NotImplementedError
+
+    def channel_stats(self, max_images: int = 256) -> tuple[list[float], list[float]]:
+        """Per-channel mean and standard deviation of the model-input images of the training
+        split (normalised, before crops and augmentation), over at most ``max_images`` evenly
+        spaced images. Computed once and cached (subclasses may also cache on disk).
+        """
+        cached = getattr(self, "_channel_stats", None)
+        if cached is not None:
+            return cached
+        self.setup()
+        ds = self.datasets["train"]
+        n = len(ds)
+        indices = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int))
+        total = total_sq = count = 0
+        for i in indices:
+            x = np.asarray(ds.image(int(i)), dtype=np.float64).reshape(self.in_chans, -1)
+            total = total + x.sum(axis=1)
+            total_sq = total_sq + (x**2).sum(axis=1)
+            count += x.shape[1]
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        self._channel_stats = ([float(v) for v in mean], [float(v) for v in std])
+        return self._channel_stats
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

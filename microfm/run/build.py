@@ -125,6 +125,10 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 def check_settings(cfg: DictConfig) -> None:
     """Impossible settings that would only fail after minutes of setup: fail now."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError(
+            "data.root is not set: give the dataset location, e.g. data.root=/path/to/dataset"
+        )
     patch = cfg.backbone.get("patch_size")
     for key in ("image_size", "crop_size"):
         size = cfg.data.get(key)

@@ -27,12 +27,40 @@ def _length(value) -> int:
     raise ValueError(f"microfm.len expects a list, got {value!r}")
 
 
+def _length_or(value, default: int) -> int:
+    """``len(value)``, or ``default`` when ``value`` is None (``data.in_chans`` from
+    ``data.channels``)."""
+    return int(default) if value is None else _length(value)
+
+
+def _class_names(*, _parent_) -> list[str]:
+    """Class names of a classification dataset, discovered from ``root``/``csv`` of the node
+    that uses the resolver (``[]`` while ``root`` is unset or missing)."""
+    from pathlib import Path
+
+    if OmegaConf.is_missing(_parent_, "root") or _parent_.get("root") is None:
+        return []
+    from microfm.data.classification import discover_class_names
+    from microfm.errors import DataError
+
+    try:  # problems with the data are reported, naming the file, when the data are built
+        return discover_class_names(
+            Path(str(_parent_.root)), _parent_.get("csv"), _parent_.get("label_column") or "label"
+        )
+    except DataError:
+        return []
+
+
 def register_resolvers() -> None:
     """Resolvers used inside microfm's configs (idempotent)."""
     from microfm.distributed.resolvers import register
 
     if not OmegaConf.has_resolver("microfm.len"):
         OmegaConf.register_new_resolver("microfm.len", _length)
+    if not OmegaConf.has_resolver("microfm.len_or"):
+        OmegaConf.register_new_resolver("microfm.len_or", _length_or)
+    if not OmegaConf.has_resolver("microfm.class_names"):
+        OmegaConf.register_new_resolver("microfm.class_names", _class_names)
     register()  # run stamp, job and rank suffixes, sweep group
 
 

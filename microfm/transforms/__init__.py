@@ -1,7 +1,21 @@
-"""Transforms: intensity normalisation, joint augmentation, training targets."""
+"""Transforms: intensity normalisation, crops, joint augmentation, training targets."""
 
 from microfm.transforms.augment import DenseAugment
-from microfm.transforms.intensity import percentile_normalize
+from microfm.transforms.intensity import (
+    Normalizer,
+    clahe,
+    meanstd_normalize,
+    minmax_normalize,
+    percentile_normalize,
+)
 from microfm.transforms.targets import distance_map
 
-__all__ = ["DenseAugment", "distance_map", "percentile_normalize"]
+__all__ = [
+    "DenseAugment",
+    "Normalizer",
+    "clahe",
+    "distance_map",
+    "meanstd_normalize",
+    "minmax_normalize",
+    "percentile_normalize",
+]
