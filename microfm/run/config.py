@@ -27,10 +27,23 @@ def _length(value) -> int:
     raise ValueError(f"microfm.len expects a list, got {value!r}")
 
 
+def _task_targets(names, specs) -> list[str]:
+    """Derived targets of the chosen tasks of ``task=multitask`` (union, in order)."""
+    out: list[str] = []
+    for name in names:
+        spec = specs.get(name) if name in specs else None
+        for target in (spec.get("targets") or []) if spec is not None else []:
+            if target not in out:
+                out.append(str(target))
+    return out
+
+
 def register_resolvers() -> None:
     """Resolvers used inside microfm's configs (idempotent)."""
     if not OmegaConf.has_resolver("microfm.len"):
         OmegaConf.register_new_resolver("microfm.len", _length)
+    if not OmegaConf.has_resolver("microfm.task_targets"):
+        OmegaConf.register_new_resolver("microfm.task_targets", _task_targets)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
