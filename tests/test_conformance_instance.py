@@ -30,6 +30,7 @@ from ctc_metrics.metrics import det, op_csb, seg  # noqa: E402
 from ctc_metrics.utils.representations import (  # noqa: E402
     count_acyclic_graph_correction_operations,
 )
+
 stardist_matching = pytest.importorskip("stardist.matching")
 
 TOL = 1e-6

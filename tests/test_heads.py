@@ -14,7 +14,14 @@ SIZES = [(32, 32), (48, 64), (40, 24), (8, 16)]  # grids 4x4, 6x8, 5x3, 1x2
 def dense_heads(num_layers: int = 4, out: int = 3):
     return {
         "linear": LinearHead(D, num_layers, in_chans=2, out_channels=out),
-        "unet": UNetDecoder(D, num_layers, in_chans=2, out_channels=out, channels=[32, 16, 16, 8][:num_layers], activation="none"),
+        "unet": UNetDecoder(
+            D,
+            num_layers,
+            in_chans=2,
+            out_channels=out,
+            channels=[32, 16, 16, 8][:num_layers],
+            activation="none",
+        ),
         "dpt": DPTHead(D, num_layers, in_chans=2, out_channels=out, features=16),
     }
 
@@ -57,17 +64,20 @@ def test_dense_heads_take_other_layer_counts(num_layers):
             head(layers + layers, image)
 
 
-@pytest.mark.parametrize("activation,check", [
-    ("sigmoid", lambda y: ((y >= 0) & (y <= 1)).all()),
-    ("softplus", lambda y: (y >= 0).all()),
-    ("relu", lambda y: (y >= 0).all()),
-])
+@pytest.mark.parametrize(
+    "activation,check",
+    [
+        ("sigmoid", lambda y: ((y >= 0) & (y <= 1)).all()),
+        ("softplus", lambda y: (y >= 0).all()),
+        ("relu", lambda y: (y >= 0).all()),
+    ],
+)
 def test_output_activations(activation, check):
     layers, image = _inputs(32, 32)
     for head in (
         LinearHead(D, 4, out_channels=1, activation=activation),
         DPTHead(D, 4, out_channels=1, features=16, activation=activation),
-        UNetDecoder(D, 4, out_channels=1, channels=[16, 16, 8, 8], activation=activation),
+        UNetDecoder(D, 4, 2, out_channels=1, channels=[16, 16, 8, 8], activation=activation),
     ):
         assert check(head(layers, image))
     with pytest.raises(ValueError, match="activation"):

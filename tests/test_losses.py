@@ -129,7 +129,9 @@ def test_combined_and_named_segmentation_losses():
     assert torch.isclose(segmentation_loss("ce", 3)(logits, target), ce)
     assert torch.isclose(segmentation_loss("ce_dice", 3)(logits, target), ce + dice)
     tv = TverskyLoss(0.2, 0.8)(logits, target)
-    named = segmentation_loss("ce_tversky", 3, region_weight=2.0, tversky_alpha=0.2, tversky_beta=0.8)
+    named = segmentation_loss(
+        "ce_tversky", 3, region_weight=2.0, tversky_alpha=0.2, tversky_beta=0.8
+    )
     assert torch.isclose(named(logits, target), ce + 2.0 * tv)
     with pytest.raises(ConfigError, match="task.loss.name"):
         segmentation_loss("dice_only", 3)

@@ -64,7 +64,9 @@ def segmentation_loss(
     if name not in SEGMENTATION_LOSSES:
         from microfm.errors import ConfigError
 
-        raise ConfigError(f"task.loss.name must be one of {list(SEGMENTATION_LOSSES)}, got {name!r}")
+        raise ConfigError(
+            f"task.loss.name must be one of {list(SEGMENTATION_LOSSES)}, got {name!r}"
+        )
     ce = CrossEntropyLoss(num_classes, class_weights, label_smoothing, ignore_index)
     if name == "ce":
         return ce

@@ -173,7 +173,8 @@ class GradNormWeighting(LossWeighting):
         self.w.copy_(w * len(self.tasks) / w.sum())
 
     def weights(self) -> dict[str, float]:
-        return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
+        w = self.w.detach()
+        return {t: float(w[i]) for i, t in enumerate(self.tasks)}
 
 
 def build_weighting(

@@ -141,7 +141,7 @@ class ThresholdGridMetrics(Metric):
             self.counts.cpu().numpy(), self.cells_max, self.cell_fill, self.score, self.thresholds
         )
         out = {k: torch.tensor(v) for k, v in best.items()}
-        out["cells_max"] = torch.tensor(self.cells_max[i])
-        out["cell_fill"] = torch.tensor(self.cell_fill[j])
+        out["cells_max"] = torch.tensor(self.cells_max[i], dtype=torch.float64)
+        out["cell_fill"] = torch.tensor(self.cell_fill[j], dtype=torch.float64)
         out["grid"] = torch.as_tensor(grid, dtype=torch.float32)
         return out

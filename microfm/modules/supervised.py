@@ -141,7 +141,9 @@ class SupervisedModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.weighting.after_step()
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
         """Clip the model's gradients only: learned loss weights follow their own gradients."""
         stash = [(p, p.grad) for p in self.weighting.parameters()]
         for p, _ in stash:
@@ -155,8 +157,9 @@ class SupervisedModule(L.LightningModule):
         bs = batch["image"].shape[0]
         losses, present = self._losses(preds, batch)
         if any(present.values()):
-            self.log(f"{stage}/loss", self.weighting(losses, (), present), batch_size=bs,
-                     sync_dist=True)
+            self.log(
+                f"{stage}/loss", self.weighting(losses, (), present), batch_size=bs, sync_dist=True
+            )
         for name, loss in losses.items():
             if present[name]:
                 self.log(f"{stage}/{name}/loss", loss, batch_size=bs, sync_dist=True)
@@ -210,7 +213,8 @@ class SupervisedModule(L.LightningModule):
         self._log_metrics("test")
 
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 1000
+        trainer = self._trainer  # None outside a Trainer (``self.trainer`` would raise)
+        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1000
         optimizer, scheduler = self.optim.build(
             self.backbone, self.tasks, getattr(self.backbone, "pretrained", False), total
         )

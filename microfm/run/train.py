@@ -63,9 +63,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data, "data", augment=build(cfg.augment, "augment"))
     backbone = build(cfg.backbone, "backbone")
     finetune = build(cfg.finetune, "finetune").apply(backbone)
-    module = SupervisedModule(
-        backbone, tasks, optim=build(cfg.optim, "optim"), weighting=weighting
-    )
+    module = SupervisedModule(backbone, tasks, optim=build(cfg.optim, "optim"), weighting=weighting)
     datamodule.setup("fit")
 
     _write_run_files(run_dir, cfg)

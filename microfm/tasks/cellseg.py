@@ -92,8 +92,10 @@ class CellSegTask(Task):
     @property
     def score_key(self) -> str:
         key = self.monitor.rsplit("/", 1)[-1]
-        return key if key in ("seg", "det", "op_csb", "f1", "pq") or key.startswith("ap") else (
-            "op_csb"
+        return (
+            key
+            if key in ("seg", "det", "op_csb", "f1", "pq") or key.startswith("ap")
+            else ("op_csb")
         )
 
     def forward(self, features: Mapping[str, object], image: torch.Tensor) -> torch.Tensor:

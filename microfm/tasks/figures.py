@@ -109,8 +109,15 @@ def plot_threshold_grid(
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7,
-                        color="white" if grid[i, j] < np.nanmean(grid) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if grid[i, j] < np.nanmean(grid) else "black",
+                )
     bi = int(np.argmin(np.abs(np.asarray(cells_max) - best[0])))
     bj = int(np.argmin(np.abs(np.asarray(cell_fill) - best[1])))
     ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, ec="cyan", lw=2))
