@@ -173,3 +173,17 @@ def test_metric_states_merge_like_ddp():
         setattr(r0, key, getattr(r0, key) + getattr(r1, key))
     expected = instance_scores(preds, gts)
     assert {k: pytest.approx(float(v)) for k, v in r0.compute().items()} == expected
+
+
+def test_where_we_depart_from_py_ctcmetrics():
+    """py-ctcmetrics assumes both images contain background and shifts predicted ids by
+    max(gt) + 1 inside the 16-bit image; we need neither (documented in docs/tasks.md)."""
+    full = np.ones((4, 4), np.uint16)
+    full[:, 2:] = 2  # no background pixel: py-ctcmetrics ignores object 1
+    c = ctc_counts(full.copy(), full)
+    assert (c["n_gt"], c["fn"], c["seg_iou_sum"]) == (2, 0, 2.0)
+    gt = np.zeros((4, 4), np.uint16)
+    gt[:2, :2] = 40000
+    pred = np.zeros((4, 4), np.uint16)
+    pred[:2, :2] = 30000  # 40001 + 30000 overflows uint16 there: no match found
+    assert instance_scores(pred, gt)["seg"] == 1.0

@@ -60,3 +60,39 @@ def test_grid_metric_accumulates_batches_and_selects_by_score():
 def test_grid_without_valid_pair_is_rejected():
     with pytest.raises(ValueError, match="no pair"):
         ThresholdGridMetrics([0.1], [0.5])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_watershed_per_seed_threshold_equals_the_direct_watershed(seed):
+    from scipy import ndimage as ndi
+
+    from microfm.metrics.threshold_grid import watershed_fill_sweep
+
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        dist, _ = _case(seed)
+    else:  # smooth random field, quantised so that plateaus and ties are frequent
+        dist = ndi.gaussian_filter(rng.random((48, 40)), 2.5)
+        dist = (dist - dist.min()) / (dist.max() - dist.min())
+    dist = np.round(dist * 20) / 20 if seed % 3 == 0 else dist
+    fills = [0.05, 0.1, 0.2, 0.3, 0.45]
+    for cells_max in (0.45, 0.6, 0.8):
+        for min_area in (0, 6):
+            ok = [cf for cf in fills if cf <= cells_max]
+            swept = watershed_fill_sweep(dist, cells_max, ok, min_area)
+            for cf, labels in zip(ok, swept):
+                direct = Watershed(cells_max, cf, min_area)(dist)
+                assert np.array_equal(labels, direct), (cells_max, cf, min_area)
+
+
+def test_custom_segment_function_is_used_per_pair():
+    dists, gts = zip(*[_case(s) for s in range(2)])
+    calls = []
+
+    def segment(dist, cm, cf):
+        calls.append((cm, cf))
+        return Watershed(cm, cf)(dist)
+
+    counts = grid_counts(dists, gts, CM, CF, segment=segment)
+    assert len(calls) == 2 * 7  # 7 valid pairs (cell_fill <= cells_max) per image
+    assert np.allclose(counts, grid_counts(dists, gts, CM, CF))

@@ -26,6 +26,52 @@ def watershed_segment(min_area: int = 0) -> Segment:
     return segment
 
 
+def _finish(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Remove objects under ``min_area`` pixels and relabel 1..N (as ``Watershed`` does)."""
+    if min_area > 0:
+        areas = np.bincount(labels.ravel())
+        small = np.flatnonzero(areas < min_area)
+        labels[np.isin(labels, small[small > 0])] = 0
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def watershed_fill_sweep(
+    dist: np.ndarray, cells_max: float, cell_fill: Sequence[float], min_area: int = 0
+) -> list[np.ndarray]:
+    """``Watershed(cells_max, cf, min_area)(dist)`` for every ``cf`` in ``cell_fill`` (each
+    <= ``cells_max``) from a single watershed, label for label.
+
+    The watershed floods from the seeds in order of decreasing ``dist``, so with the lowest
+    foreground threshold every pixel above a higher threshold ``cf`` that is connected to a seed
+    through pixels above ``cf`` is labelled exactly as in the flood restricted to ``dist > cf``,
+    before any lower pixel is reached. The labels for ``cf`` are those of the lowest flood on
+    the seeded connected components of ``dist > cf`` (tested against the direct watershed).
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    dist = np.asarray(dist, dtype=np.float32)
+    markers, n = ndi.label(dist > cells_max)
+    if n == 0:
+        return [np.zeros(dist.shape, dtype=np.int32) for _ in cell_fill]
+    low = min(float(cf) for cf in cell_fill)
+    base = watershed(-dist, markers, mask=dist > low).astype(np.int32)
+    out = []
+    for cf in cell_fill:
+        if float(cf) == low:
+            labels = base.copy()
+        else:
+            comp, _ = ndi.label(dist > cf)
+            seeded = np.unique(comp[markers > 0])
+            labels = np.where(np.isin(comp, seeded[seeded > 0]), base, 0).astype(np.int32)
+        out.append(_finish(labels, min_area))
+    return out
+
+
 def grid_pairs(cells_max: Sequence[float], cell_fill: Sequence[float]) -> list[tuple[int, int]]:
     """Indices (i, j) of the valid pairs (cell_fill <= cells_max) of the grid."""
     return [
@@ -43,18 +89,31 @@ def grid_counts(
     cell_fill: Sequence[float],
     segment: Segment | None = None,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_area: int = 0,
 ) -> np.ndarray:
     """Summed instance counts (len(cells_max), len(cell_fill), K) of every grid pair over the
     images (invalid pairs, cell_fill > cells_max, stay 0); K follows
-    :func:`microfm.metrics.instance.count_keys`."""
-    segment = segment or watershed_segment()
+    :func:`microfm.metrics.instance.count_keys`.
+
+    ``segment`` is ``(dist, cells_max, cell_fill) -> labels``; by default the SAMCell watershed
+    (with ``min_area``), run once per ``cells_max`` (:func:`watershed_fill_sweep`).
+    """
     keys = count_keys(thresholds)
     out = np.zeros((len(cells_max), len(cell_fill), len(keys)))
     for dist, gt in zip(dists, gts):
-        for i, j in grid_pairs(cells_max, cell_fill):
-            labels = segment(np.asarray(dist), float(cells_max[i]), float(cell_fill[j]))
-            c = instance_counts(labels, np.asarray(gt), thresholds)
-            out[i, j] += [c[k] for k in keys]
+        dist, gt = np.asarray(dist), np.asarray(gt)
+        for i, cm in enumerate(cells_max):
+            cols = [j for j, cf in enumerate(cell_fill) if float(cf) <= float(cm)]
+            if not cols:
+                continue
+            fills = [float(cell_fill[j]) for j in cols]
+            if segment is None:
+                labels = watershed_fill_sweep(dist, float(cm), fills, min_area)
+            else:
+                labels = [segment(dist, float(cm), cf) for cf in fills]
+            for j, lab in zip(cols, labels):
+                c = instance_counts(lab, gt, thresholds)
+                out[i, j] += [c[k] for k in keys]
     return out
 
 
@@ -89,6 +148,7 @@ class ThresholdGridMetrics(Metric):
         cells_max: seed thresholds of the grid (rows).
         cell_fill: foreground thresholds of the grid (columns).
         score: the score that selects the pair (e.g. ``op_csb``).
+        min_area: objects smaller than this are removed (default watershed).
         segment: ``(dist, cells_max, cell_fill) -> labels``; default the SAMCell watershed.
         thresholds: IoU thresholds of the ``ap<T>`` scores.
 
@@ -109,6 +169,7 @@ class ThresholdGridMetrics(Metric):
         cells_max: Sequence[float],
         cell_fill: Sequence[float],
         score: str = "op_csb",
+        min_area: int = 0,
         segment: Segment | None = None,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
         **kwargs,
@@ -119,6 +180,7 @@ class ThresholdGridMetrics(Metric):
         if not grid_pairs(self.cells_max, self.cell_fill):
             raise ValueError("the threshold grid has no pair with cell_fill <= cells_max")
         self.score = score
+        self.min_area = int(min_area)
         self.segment = segment
         self.thresholds = tuple(float(t) for t in thresholds)
         shape = (len(self.cells_max), len(self.cell_fill), len(count_keys(self.thresholds)))
@@ -132,7 +194,13 @@ class ThresholdGridMetrics(Metric):
         """Add (B, H, W) distance maps and their (B, H, W) ground-truth label images."""
         gts = as_label_list(targets)
         counts = grid_counts(
-            list(dists), gts, self.cells_max, self.cell_fill, self.segment, self.thresholds
+            list(dists),
+            gts,
+            self.cells_max,
+            self.cell_fill,
+            self.segment,
+            self.thresholds,
+            self.min_area,
         )
         self.counts += torch.as_tensor(counts, dtype=torch.float64, device=self.counts.device)
 

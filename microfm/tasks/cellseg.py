@@ -12,7 +12,7 @@ from torch import nn
 from microfm.inference.postprocess import Watershed
 from microfm.metrics.ap import DEFAULT_THRESHOLDS
 from microfm.metrics.cellseg import InstanceMetrics
-from microfm.metrics.threshold_grid import ThresholdGridMetrics, watershed_segment
+from microfm.metrics.threshold_grid import ThresholdGridMetrics
 from microfm.tasks.base import Task
 from microfm.utils.figures import plot_instance_overlays
 
@@ -115,7 +115,7 @@ class CellSegTask(Task):
                 self.search["cells_max"],
                 self.search["cell_fill"],
                 score=self.score_key,
-                segment=watershed_segment(self.min_area),
+                min_area=self.min_area,
                 thresholds=self.iou_thresholds,
             )
         return InstanceMetrics(self.iou_thresholds)
