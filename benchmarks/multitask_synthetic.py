@@ -2,7 +2,9 @@
 
 Runs ``microfm-train`` once with ``task=multitask`` (each loss weighting given) and once per
 single task, all with the same data, backbone, augmentation, schedule and seed, and prints the
-test metrics side by side as a markdown table.
+test metrics side by side as a markdown table. Early stopping is off (patience = epochs), so
+every run trains the same number of epochs; each tests its best checkpoint by its monitor
+(the joint runs by ``val/cellseg/op_csb``).
 
     flock /tmp/microfm-cpu.lock python benchmarks/multitask_synthetic.py --epochs 25 \
         --results /tmp/microfm-multitask
@@ -62,6 +64,8 @@ def main() -> None:
         "data.n_test=64",
         f"trainer.max_epochs={args.epochs}",
         f"seed={args.seed}",
+        # every run trains all epochs (early stopping would cut the slow single tasks short)
+        f"callbacks.early_stopping.patience={args.epochs}",
     ]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     columns: dict[str, tuple[dict, float]] = {}

@@ -198,12 +198,25 @@ def test_gradient_clipping_leaves_loss_weights_alone(monkeypatch):
     assert seen["w"] is None and torch.equal(module.weighting.log_vars.grad, grad)
 
 
-def test_learned_weights_get_their_own_optimizer_group():
+def test_optimizer_groups_heads_backbone_and_learned_weights():
+    from microfm.modules import OptimConfig
+
     module = _module(build_weighting(NAMES, "uncertainty", lr=0.05))
-    opt = module.configure_optimizers()["optimizer"]
-    groups = {g["name"]: g for g in opt.param_groups}
+    module.optim = OptimConfig(lr=1e-4, lr_backbone=1e-5)
+    out = module.configure_optimizers()
+    groups = {g["name"]: g for g in out["optimizer"].param_groups}
     assert groups["loss_weighting"]["params"] == [module.weighting.log_vars]
     assert groups["loss_weighting"]["weight_decay"] == 0.0
+    base = dict(
+        zip(
+            [g["name"] for g in out["optimizer"].param_groups],
+            out["lr_scheduler"]["scheduler"].base_lrs,
+        )
+    )
+    assert base["head"] == 1e-4 and base["backbone"] == 1e-5 and base["loss_weighting"] == 0.05
+    assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] > 0
+    head_params = {id(p) for t in module.tasks.values() for p in t.parameters()}
+    assert all(id(p) in head_params for p in groups["head"]["params"])
 
 
 # ----------------------------------------------------------------------------- configs

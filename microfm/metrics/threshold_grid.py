@@ -27,15 +27,15 @@ def watershed_segment(min_area: int = 0) -> Segment:
 
 
 def _finish(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Remove objects under ``min_area`` pixels and relabel 1..N (as ``Watershed`` does)."""
+    """Remove objects under ``min_area`` pixels and relabel 1..N in id order (as
+    ``Watershed`` does), with one bincount."""
+    counts = np.bincount(labels.ravel())
+    keep = counts > 0
+    keep[0] = False
     if min_area > 0:
-        areas = np.bincount(labels.ravel())
-        small = np.flatnonzero(areas < min_area)
-        labels[np.isin(labels, small[small > 0])] = 0
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        keep &= counts >= min_area
+    lut = np.zeros(len(counts), dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels]
 
 
@@ -65,9 +65,11 @@ def watershed_fill_sweep(
         if float(cf) == low:
             labels = base.copy()
         else:
-            comp, _ = ndi.label(dist > cf)
-            seeded = np.unique(comp[markers > 0])
-            labels = np.where(np.isin(comp, seeded[seeded > 0]), base, 0).astype(np.int32)
+            comp, n_comp = ndi.label(dist > cf)
+            seeded = np.zeros(n_comp + 1, dtype=bool)
+            seeded[comp[markers > 0]] = True
+            seeded[0] = False
+            labels = np.where(seeded[comp], base, 0).astype(np.int32)
         out.append(_finish(labels, min_area))
     return out
 
