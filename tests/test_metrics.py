@@ -24,7 +24,9 @@ def test_perfect_prediction():
     gt = squares(A, B)
     pred = gt.copy()
     pred[pred == 1] = 9  # ids need not agree
-    assert instance_scores(pred, gt) == {"seg": 1.0, "det": 1.0, "op_csb": 1.0}
+    scores = instance_scores(pred, gt)
+    for key in ("seg", "det", "op_csb", "ap50", "ap75", "ap90", "f1", "pq", "precision", "recall"):
+        assert scores[key] == 1.0, key
 
 
 def test_partial_overlap_jaccard():
@@ -109,7 +111,8 @@ def test_torchmetric_accumulates_like_the_function():
     metric.update(preds[1:], torch.from_numpy(gts[1][None]))
     out = metric.compute()
     expected = instance_scores(preds, gts)
-    for key in ("seg", "det", "op_csb"):
+    assert set(out) == set(expected)
+    for key in expected:
         assert float(out[key]) == pytest.approx(expected[key])
     assert float(out["det"]) < 1.0
 
@@ -128,3 +131,59 @@ def test_cellseg_task_postprocesses_and_scores():
     scores = metric.compute()
     assert float(scores["det"]) == 1.0
     assert float(scores["seg"]) > 0.97  # watershed ties on the shared border may swap a pixel
+
+
+def test_ap_f1_pq_hand_computed():
+    gt = squares(A, B, (0, 4, 10, 14))
+    # A exact (IoU 1), B shifted by one column (IoU 12/20 = 0.6), third missed, one spurious
+    pred = squares(A, (10, 14, 11, 15), (16, 20, 16, 20))
+    s = instance_scores(pred, gt)
+    tp, fp, fn = 2, 1, 1
+    assert s["ap50"] == pytest.approx(tp / (tp + fp + fn))
+    assert s["ap75"] == pytest.approx(1 / 5)  # only A survives IoU 0.75
+    assert s["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 3)
+    assert s["pq"] == pytest.approx((1 + 0.6) / (tp + 0.5 * fp + 0.5 * fn))
+    assert s["sq"] == pytest.approx(0.8)
+
+
+def test_custom_iou_thresholds():
+    gt, pred = squares(A), squares((0, 4, 0, 3))  # IoU 0.75
+    s = instance_scores(pred, gt, thresholds=(0.5, 0.7, 0.8))
+    assert (s["ap70"], s["ap80"]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="multiples of 0.01"):
+        instance_scores(pred, gt, thresholds=(0.555,))
+
+
+def test_instance_scores_needs_pairs():
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        instance_scores([squares(A)] * 2, [squares(A)])
+    with pytest.raises(ValueError, match="at least one"):
+        instance_scores([], [])
+
+
+def test_metric_states_merge_like_ddp():
+    """Two ranks' summed states equal one metric over everything (what DDP's sum does)."""
+    gts = [squares(A, B), squares((3, 9, 3, 9)), squares(B)]
+    preds = [squares(A), squares((3, 9, 3, 8)), squares((10, 14, 10, 12))]
+    r0, r1 = InstanceMetrics(), InstanceMetrics()
+    r0.update(preds[:2], torch.from_numpy(np.stack(gts[:2])))
+    r1.update(preds[2:], torch.from_numpy(np.stack(gts[2:])))
+    for key in r0.keys:
+        setattr(r0, key, getattr(r0, key) + getattr(r1, key))
+    expected = instance_scores(preds, gts)
+    assert {k: pytest.approx(float(v)) for k, v in r0.compute().items()} == expected
+
+
+def test_where_we_depart_from_py_ctcmetrics():
+    """py-ctcmetrics assumes both images contain background and shifts predicted ids by
+    max(gt) + 1 inside the 16-bit image; we need neither (documented in docs/tasks.md)."""
+    full = np.ones((4, 4), np.uint16)
+    full[:, 2:] = 2  # no background pixel: py-ctcmetrics ignores object 1
+    c = ctc_counts(full.copy(), full)
+    assert (c["n_gt"], c["fn"], c["seg_iou_sum"]) == (2, 0, 2.0)
+    gt = np.zeros((4, 4), np.uint16)
+    gt[:2, :2] = 40000
+    pred = np.zeros((4, 4), np.uint16)
+    pred[:2, :2] = 30000  # 40001 + 30000 overflows uint16 there: no match found
+    assert instance_scores(pred, gt)["seg"] == 1.0

@@ -24,6 +24,9 @@ class SyntheticDataModule(MicroscopyDataModule):
         density: range of the covered area fraction per image.
         photons: range of peak photon counts (signal-to-noise).
         normalize: percentile normalisation (``low``, ``high``) applied per image and channel.
+        num_classes: morphology classes of ``label`` (fixed by the generator: 3), declared so
+            task configs can read ``${data.num_classes}``.
+        num_semantic_classes: classes of ``semantic`` incl. background (fixed: 3).
         **kwargs: see :class:`MicroscopyDataModule`.
 
     Example:
@@ -47,12 +50,20 @@ class SyntheticDataModule(MicroscopyDataModule):
         density: Sequence[float] = (0.15, 0.4),
         photons: Sequence[float] = (150.0, 1500.0),
         normalize: Mapping[str, float] | None = None,
+        num_classes: int = len(CLASS_NAMES),
+        num_semantic_classes: int = len(SEMANTIC_NAMES),
         in_chans: int = 1,
         augment: Callable | None = None,
         **kwargs,
     ) -> None:
         if in_chans != 1:
             raise ConfigError(f"data.in_chans must be 1 for data=synthetic, got {in_chans}")
+        for key, given, fixed in (
+            ("num_classes", num_classes, len(CLASS_NAMES)),
+            ("num_semantic_classes", num_semantic_classes, len(SEMANTIC_NAMES)),
+        ):
+            if given != fixed:
+                raise ConfigError(f"data.{key} is {fixed} for data=synthetic, got {given}")
         super().__init__(in_chans=in_chans, augment=augment, **kwargs)
         for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             if n < 1:

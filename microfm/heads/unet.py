@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microfm.heads.activation import apply_activation, check_activation
+
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """Two 3×3 convolutions with GroupNorm and GELU."""
@@ -39,7 +41,8 @@ class UNetDecoder(nn.Module):
         channels: decoder widths, from the deepest stage to the full-resolution one; its
             length is ``num_layers``.
         image_skip: use the full-resolution image stem.
-        activation: ``"sigmoid"`` (maps in [0, 1], e.g. distance maps) or ``"none"`` (logits).
+        activation: ``"sigmoid"`` (maps in [0, 1], e.g. distance maps), ``"none"`` (logits,
+            log-depth), ``"softplus"`` or ``"relu"`` (non-negative maps).
 
     Example:
         >>> head = UNetDecoder(embed_dim=64, num_layers=4, in_chans=1)
@@ -64,10 +67,8 @@ class UNetDecoder(nn.Module):
             raise ValueError(
                 f"head.channels needs one width per layer ({num_layers}), got {len(channels)}"
             )
-        if activation not in ("sigmoid", "none"):
-            raise ValueError(f"head.activation must be 'sigmoid' or 'none', got {activation!r}")
         self.num_layers = num_layers
-        self.activation = activation
+        self.activation = check_activation(activation)
         self.image_skip = image_skip
         self.proj = nn.ModuleList(nn.Conv2d(embed_dim, c, 1) for c in channels)
         self.stages = nn.ModuleList(
@@ -106,4 +107,4 @@ class UNetDecoder(nn.Module):
         if self.image_skip:
             x = self.fuse(torch.cat([x, self.stem(image)], dim=1))
         x = self.out(x)
-        return torch.sigmoid(x) if self.activation == "sigmoid" else x
+        return apply_activation(x, self.activation)

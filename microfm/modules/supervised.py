@@ -8,21 +8,38 @@ import lightning as L
 import torch
 from torch import nn
 
+from microfm.losses.weighting import LossWeighting
 from microfm.modules.optim import OptimConfig
 from microfm.tasks.base import Task
 
 
 class SupervisedModule(L.LightningModule):
-    """Backbone + tasks, trained on the sum of the task losses.
+    """Backbone + tasks, trained on the (weighted) sum of the task losses.
 
-    Logs ``train/loss``, ``{stage}/{task}/loss`` and ``{stage}/{task}/{metric}``. Keeps a few
-    test examples (``self.examples``) for figures.
+    Every batch runs the backbone once; each task reads the features it needs (``cls``,
+    ``patch`` or its intermediate ``layers``). Samples without a task's target contribute
+    nothing to that task's loss and metrics, and a task without any target in a batch is left
+    out of that step's loss balancing.
+
+    Logs ``train/loss``, ``{stage}/loss``, ``{stage}/{task}/loss``,
+    ``train/{task}/weight`` (several tasks) and ``{stage}/{task}/{metric}``. Keeps a few test
+    examples per task (``self.examples``) for figures.
 
     Args:
         backbone: a :class:`microfm.backbones.Backbone` (already adapted by a finetune mode).
         tasks: one task or a sequence of tasks with distinct names.
         optim: optimiser settings.
+        weighting: loss balancing (:mod:`microfm.losses.weighting`); default weight 1 each.
         num_examples: test samples kept for figures.
+
+    Example:
+        >>> from microfm.backbones import build_backbone
+        >>> from microfm.heads import ClassificationHead
+        >>> from microfm.tasks import ClassifyTask
+        >>> bb = build_backbone("vit_test", in_chans=1)
+        >>> module = SupervisedModule(bb, ClassifyTask(ClassificationHead(64, 3), 3))
+        >>> module(torch.rand(2, 1, 32, 32))["classify"].shape
+        torch.Size([2, 3])
     """
 
     def __init__(
@@ -30,6 +47,7 @@ class SupervisedModule(L.LightningModule):
         backbone: nn.Module,
         tasks: Task | Sequence[Task],
         optim: OptimConfig | None = None,
+        weighting: LossWeighting | None = None,
         num_examples: int = 4,
     ) -> None:
         super().__init__()
@@ -40,9 +58,12 @@ class SupervisedModule(L.LightningModule):
         self.backbone = backbone
         self.tasks = nn.ModuleDict({t.name: t for t in tasks})
         self.optim = optim or OptimConfig()
+        self.weighting = weighting if weighting is not None else LossWeighting(names)
+        if sorted(self.weighting.tasks) != sorted(names):
+            raise ValueError(f"weighting is for tasks {self.weighting.tasks}, not {names}")
         self.layers = sorted({i for t in tasks for i in (t.layers or ())})
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{t.name}": t.metrics() for stage in ("val", "test") for t in tasks}
+            {f"{stage}_{t.name}": t.metrics(stage) for stage in ("val", "test") for t in tasks}
         )
         self.num_examples = num_examples
         self.examples: dict[str, list[dict]] = {}
@@ -52,61 +73,128 @@ class SupervisedModule(L.LightningModule):
         first = next(iter(self.tasks.values()))
         return first.monitor, first.mode
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Predictions of every task for a batch of images (B, C, H, W)."""
+    # ------------------------------------------------------------------ forward
+    def features(self, image: torch.Tensor) -> dict[str, object]:
+        """One backbone pass: ``cls``, ``patch`` and, when a task needs them, ``layers``
+        (a dict block index -> map)."""
         if self.layers:
             feats = self.backbone.forward_dense(image, indices=self.layers)
-            by_index = dict(zip(self.layers, feats["layers"]))
-        else:
-            feats, by_index = self.backbone.forward_features(image), {}
+            return {**feats, "layers": dict(zip(self.layers, feats["layers"]))}
+        return dict(self.backbone.forward_features(image))
+
+    def heads(self, feats: Mapping[str, object], image: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for name, task in self.tasks.items():
             task_feats = dict(feats)
             if task.layers is not None:
-                task_feats["layers"] = [by_index[i] for i in task.layers]
+                task_feats["layers"] = [feats["layers"][i] for i in task.layers]
             out[name] = task(task_feats, image)
         return out
 
-    def _losses(self, preds: Mapping[str, torch.Tensor], batch) -> dict[str, torch.Tensor]:
-        return {name: task.loss(preds[name], batch) for name, task in self.tasks.items()}
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions of every task for a batch of images (B, C, H, W)."""
+        return self.heads(self.features(image), image)
+
+    @staticmethod
+    def _shared(feats: Mapping[str, object]) -> list[torch.Tensor]:
+        shared = [feats[k] for k in ("cls", "patch") if k in feats]
+        shared += list(feats.get("layers", {}).values())
+        for t in shared:  # a frozen backbone's outputs are leaves: let GradNorm measure there
+            if not t.requires_grad and t.grad_fn is None:
+                t.requires_grad_()
+        return shared
+
+    def _losses(self, preds, batch) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+        losses, present = {}, {}
+        for name, task in self.tasks.items():
+            valid = task.valid_samples(batch)
+            present[name] = valid is not None and bool(valid.any())
+            losses[name] = task.compute_loss(preds[name], batch, valid)
+        return losses, present
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and self.trainer.datamodule is not None:
+            for task in self.tasks.values():
+                task.prepare(self.trainer.datamodule)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        losses = self._losses(self(batch["image"]), batch)
-        total = torch.stack(list(losses.values())).sum()
-        bs = batch["image"].shape[0]
+        image = batch["image"]
+        feats = self.features(image)
+        shared = self._shared(feats) if self.weighting.needs_features else ()
+        preds = self.heads(feats, image)
+        losses, present = self._losses(preds, batch)
+        total = self.weighting(losses, shared, present)
+        bs = image.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         if len(losses) > 1:
+            weights = self.weighting.weights()
             for name, value in losses.items():
-                self.log(f"train/{name}/loss", value, batch_size=bs)
+                if present[name]:
+                    self.log(f"train/{name}/loss", value, batch_size=bs)
+                self.log(f"train/{name}/weight", weights[name], batch_size=bs)
         return total
+
+    def on_after_backward(self) -> None:
+        self.weighting.after_backward()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.weighting.after_step()
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        """Clip the model's gradients only: learned loss weights follow their own gradients."""
+        stash = [(p, p.grad) for p in self.weighting.parameters()]
+        for p, _ in stash:
+            p.grad = None
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        for p, grad in stash:
+            p.grad = grad
 
     def _eval_step(self, batch, stage: str) -> None:
         preds = self(batch["image"])
         bs = batch["image"].shape[0]
-        for name, loss in self._losses(preds, batch).items():
-            self.log(f"{stage}/{name}/loss", loss, batch_size=bs, sync_dist=True)
+        losses, present = self._losses(preds, batch)
+        if any(present.values()):
+            self.log(
+                f"{stage}/loss", self.weighting(losses, (), present), batch_size=bs, sync_dist=True
+            )
+        for name, loss in losses.items():
+            if present[name]:
+                self.log(f"{stage}/{name}/loss", loss, batch_size=bs, sync_dist=True)
         for name, task in self.tasks.items():
             out = task.update_metrics(self.metrics[f"{stage}_{name}"], preds[name], batch)
             if stage == "test" and out is not None:
-                kept = self.examples.setdefault(name, [])
-                for i in range(bs):
-                    if len(kept) >= self.num_examples:
-                        break
-                    kept.append(
-                        {
-                            "image": batch["image"][i].detach().float().cpu().numpy(),
-                            "target": batch.get("instances", batch.get(task.target))[i]
-                            .cpu()
-                            .numpy(),
-                            "pred": out[i],
-                        }
-                    )
+                self._keep_examples(name, task, batch, out)
+
+    def _keep_examples(self, name: str, task: Task, batch, out: list) -> None:
+        kept = self.examples.setdefault(name, [])
+        for i, pred in enumerate(out):
+            if len(kept) >= self.num_examples:
+                break
+            if pred is None:
+                continue
+            kept.append(
+                {
+                    "image": batch["image"][i].detach().float().cpu().numpy(),
+                    "target": task.example_target(batch, i),
+                    "pred": pred,
+                }
+            )
 
     def _log_metrics(self, stage: str) -> None:
-        for name in self.tasks:
+        for name, task in self.tasks.items():
             metric = self.metrics[f"{stage}_{name}"]
-            for key, value in metric.compute().items():
-                self.log(f"{stage}/{name}/{key}", value.float(), prog_bar=(stage == "val"))
+            if metric.update_count == 0:  # no sample of this stage had the task's target
+                continue
+            values = dict(metric.compute())
+            task.epoch_end(stage, metric, values)
+            for key, value in values.items():
+                value = torch.as_tensor(value)
+                if value.numel() == 1:
+                    key = f"{stage}/{name}/{key}"
+                    self.log(key, value.float(), prog_bar=key == task.monitor)
             metric.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -125,7 +213,8 @@ class SupervisedModule(L.LightningModule):
         self._log_metrics("test")
 
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 1000
+        trainer = self._trainer  # None outside a Trainer (``self.trainer`` would raise)
+        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1000
         optimizer, scheduler = self.optim.build(
             self.backbone,
             self.tasks,
@@ -133,6 +222,14 @@ class SupervisedModule(L.LightningModule):
             total,
             world_size=self.trainer.world_size if self.trainer else 1,
         )
+        learned = [p for p in self.weighting.parameters() if p.requires_grad]
+        if learned:
+            lr = self.weighting.lr if self.weighting.lr is not None else self.optim.lr
+            optimizer.add_param_group(
+                {"params": learned, "lr": lr, "weight_decay": 0.0, "name": "loss_weighting"}
+            )
+            # the schedule (warm-up + cosine) covers the new group too
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas[0])
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -51,6 +51,17 @@ def _class_names(*, _parent_) -> list[str]:
         return []
 
 
+def _task_targets(names, specs) -> list[str]:
+    """Derived targets of the chosen tasks of ``task=multitask`` (union, in order)."""
+    out: list[str] = []
+    for name in names:
+        spec = specs.get(name) if name in specs else None
+        for target in (spec.get("targets") or []) if spec is not None else []:
+            if target not in out:
+                out.append(str(target))
+    return out
+
+
 def register_resolvers() -> None:
     """Resolvers used inside microfm's configs (idempotent)."""
     from microfm.distributed.resolvers import register
@@ -62,6 +73,8 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("microfm.class_names"):
         OmegaConf.register_new_resolver("microfm.class_names", _class_names)
     register()  # run stamp, job and rank suffixes, sweep group
+    if not OmegaConf.has_resolver("microfm.task_targets"):
+        OmegaConf.register_new_resolver("microfm.task_targets", _task_targets)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

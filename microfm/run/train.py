@@ -32,6 +32,7 @@ from microfm.run.build import (
 from microfm.run.checkpoint_io import AtomicCheckpointIO
 from microfm.run.info import write_run_info
 from microfm.run.loggers import finish_loggers, log_config
+from microfm.run.tasks import build_tasks
 from microfm.utils.io import atomic_write_text, update_json
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,11 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resume_path(cfg.get("resume"), run_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    task = build(cfg.task, "task")
+    tasks, weighting = build_tasks(cfg.task)
     datamodule = build(cfg.data, "data", augment=build(cfg.augment, "augment"))
     backbone = build(cfg.backbone, "backbone")
     finetune = build(cfg.finetune, "finetune").apply(backbone)
-    module = SupervisedModule(backbone, task, optim=build(cfg.optim, "optim"))
+    module = SupervisedModule(backbone, tasks, optim=build(cfg.optim, "optim"), weighting=weighting)
     datamodule.setup("fit")
 
     _write_run_files(run_dir, cfg)
