@@ -220,7 +220,7 @@ class SupervisedModule(L.LightningModule):
             self.tasks,
             getattr(self.backbone, "pretrained", False),
             total,
-            world_size=self.trainer.world_size if self.trainer else 1,
+            world_size=trainer.world_size if trainer is not None else 1,
         )
         learned = [p for p in self.weighting.parameters() if p.requires_grad]
         if learned:
