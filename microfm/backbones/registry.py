@@ -74,6 +74,24 @@ BACKBONES: MappingProxyType[str, BackboneSpec] = MappingProxyType(
             licence="none (random weights)",
             timm_kwargs={"embed_dim": 64, "depth": 4, "num_heads": 2, "patch_size": 8},
         ),
+        # A DINOv2-architecture ViT (learned absolute position embeddings, interpolated to the
+        # input size; layer scale) of the same tiny size.
+        "vit_test_dinov2": BackboneSpec(
+            "vit_small_patch14_dinov2",
+            "test",
+            8,
+            64,
+            4,
+            (0, 1, 2, 3),
+            licence="none (random weights)",
+            timm_kwargs={
+                "embed_dim": 64,
+                "depth": 4,
+                "num_heads": 2,
+                "patch_size": 8,
+                "img_size": 64,
+            },
+        ),
     }
 )
 
