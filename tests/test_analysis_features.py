@@ -48,7 +48,8 @@ def test_features_equal_direct_backbone_calls(setup):
     test = fs.splits == "test"
     assert np.allclose(fs.arrays["cls"][test], ref["cls"].numpy(), atol=1e-5)
     assert np.allclose(fs.arrays["mean_patch"][test], ref["patch"].mean((2, 3)).numpy(), atol=1e-5)
-    assert np.allclose(fs.arrays["layer2_mean_patch"][test], ref["layers"][1].mean((2, 3)), atol=1e-5)
+    layer2 = ref["layers"][1].mean((2, 3)).numpy()
+    assert np.allclose(fs.arrays["layer2_mean_patch"][test], layer2, atol=1e-5)
     assert fs.arrays["patch"].shape == (14, 4, 4, 64) and fs.arrays["patch"].dtype == np.float16
     labels = [int(dm.datasets["test"][i]["label"]) for i in range(6)]
     assert fs.labels[test].tolist() == labels and fs.class_names == list(dm.class_names)
@@ -136,9 +137,8 @@ def lora_ckpt(tmp_path_factory):
     then get large random weights and whose LayerScale factors (1e-5 at initialisation, which
     makes a random network's blocks nearly inert) are set to 1, so that the adapters change
     the features clearly."""
-    from tests.conftest import TINY
-
     from microfm.run.train import train
+    from tests.conftest import TINY
 
     root = tmp_path_factory.mktemp("lora")
     over = [

@@ -31,7 +31,7 @@ def _rotation(d: int, rng) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     d=st.integers(1, 12),
     seed=st.integers(0, 2**31 - 1),
@@ -48,7 +48,7 @@ def test_closed_form_on_commuting_gaussians(d, seed, scale):
     assert got == pytest.approx(expected, rel=1e-7, abs=1e-9 * scale)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(d=st.integers(1, 10), seed=st.integers(0, 2**31 - 1))
 def test_general_gaussians_match_scipy_sqrtm(d, seed):
     rng = np.random.default_rng(seed)

@@ -19,7 +19,7 @@ from microfm.errors import ConfigError
 ESTIMATORS = {"ledoit_wolf": LedoitWolf, "oas": OAS, "empirical": EmpiricalCovariance}
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     n=st.integers(3, 60),

@@ -135,14 +135,14 @@ def plot_retrieval(queries, neighbours, sims, captions, images, path) -> None:
     """One row per query: the query, then its neighbours with their similarity."""
     plt = _pyplot()
     rows, k = neighbours.shape
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.7 * (k + 1), 2.1 * rows), squeeze=False)
     for r in range(rows):
         ids = [queries[r], *neighbours[r]]
         for c, i in enumerate(ids):
             ax = axes[r][c]
             _image_or_text(ax, images(int(i)) if images is not None else None, captions[r][c])
             cap = captions[r][c][-24:]
-            ax.set_title(cap if c == 0 else f"{cap}\n{sims[r, c - 1]:.3f}", fontsize=6)
+            ax.set_title(cap if c == 0 else f"{cap}\n{sims[r, c - 1]:.4f}", fontsize=6)
             if c == 0:
                 for side in ax.spines.values():
                     side.set_color("red")

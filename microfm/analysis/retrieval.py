@@ -66,8 +66,9 @@ def retrieval_scores(
 
 
 class RetrievalAnalysis(Analysis):
-    """``analysis=retrieval``: precision@k by class and a grid of queries with their top-k
-    neighbours (``figs/retrieval.png``).
+    """``analysis=retrieval``: precision@k by class (and ``domain_precision@k``, the fraction
+    of neighbours from the query's own domain, when there are domains) and a grid of queries
+    with their top-k neighbours (``figs/retrieval.png``).
 
     Args:
         ks: the k of precision@k.
@@ -97,6 +98,14 @@ class RetrievalAnalysis(Analysis):
         rest = [i for i in order if i not in set(first)]
         return np.asarray((first + rest)[: self.n_queries])
 
+    @staticmethod
+    def caption(fs: FeatureSet, i: int) -> str:
+        if fs.labels is not None and fs.class_names:
+            return fs.class_names[fs.labels[i]]
+        if fs.domains is not None and fs.domain_names:
+            return fs.domain_names[fs.domains[i]]
+        return Path(str(fs.paths[i])).name
+
     def run(self, fs: FeatureSet, figs: Path, images: Images | None = None) -> dict[str, float]:
         from microfm.analysis.plots import plot_retrieval
 
@@ -104,13 +113,12 @@ class RetrievalAnalysis(Analysis):
         out: dict[str, float] = {}
         if fs.labels is not None:
             out = {self.key(m): v for m, v in retrieval_scores(x, fs.labels, self.ks).items()}
+        if fs.domains is not None and len(np.unique(fs.domains)) > 1:  # same-microscope rate
+            scores = retrieval_scores(x, fs.domains, self.ks)
+            out.update({self.key(f"domain_{m}"): v for m, v in scores.items()})
         q = self.queries(fs)
         idx, sims = top_k_neighbours(x, self.show_k, q)
-        names = fs.class_names if fs.labels is not None else []
-        captions = [
-            [fs.paths[i] if not names else names[fs.labels[i]] for i in [qi, *row]]
-            for qi, row in zip(q, idx)
-        ]
+        captions = [[self.caption(fs, i) for i in [qi, *row]] for qi, row in zip(q, idx)]
         plot_retrieval(q, idx, sims, captions, images, figs / "retrieval.png")
         out[self.key("n_images")] = len(fs)
         return out

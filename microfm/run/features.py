@@ -70,7 +70,8 @@ def check_features_config(cfg: DictConfig) -> None:
                 f"data.in_chans={cfg.data.in_chans}"
             )
     ext = cfg.extract
-    if "root" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "root"):
+    # `in cfg.data` is False for a missing (???) value: ask the keys
+    if "root" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "root"):  # noqa: SIM118
         raise ConfigError(
             "data.root is not set: give the dataset location, e.g. data.root=/path/to/dataset"
         )
@@ -130,7 +131,7 @@ def features_key(cfg: DictConfig) -> tuple[str, dict]:
 def build_datamodule(cfg: DictConfig):
     """The DataModule for extraction: no augmentation, no targets, whole images."""
     extra = {"augment": None, "targets": []}
-    if cfg.extract.whole_images and "crop_size" in cfg.data.keys():
+    if cfg.extract.whole_images and "crop_size" in cfg.data:
         extra["crop_size"] = None
     dm = build(cfg.data, "data", **extra)
     dm.setup()
