@@ -17,16 +17,24 @@ from microfm.analysis.splits import stratified_split, train_test_indices
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+def _scaled(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    scaler = StandardScaler().fit(train_x)
+    return [scaler.transform(a) for a in (train_x, *others)]
+
+
+def _classifier(max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=max_iter, warm_start=True)
+
+
+def _fit(clf, x: np.ndarray, y: np.ndarray, c: float):
+    clf.set_params(C=c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings on tiny or separable sets
-        model.fit(x, y)
-    return model
+        return clf.fit(x, y)
 
 
 def select_c(
@@ -35,18 +43,21 @@ def select_c(
     val_x: np.ndarray,
     val_y: np.ndarray,
     cs: Sequence[float] = DEFAULT_CS,
-    max_iter: int = 1000,
+    max_iter: int = 300,
 ) -> tuple[float, dict[float, float]]:
     """The inverse regularisation strength ``C`` with the best validation balanced accuracy
-    (the smallest ``C`` among equals), and the score of each."""
+    (the smallest ``C`` among equals), and the score of each. The candidates are fitted from
+    the strongest regularisation up, each starting from the previous solution."""
     from sklearn.metrics import balanced_accuracy_score
 
+    xs, vs = _scaled(train_x, val_x)
+    clf = _classifier(max_iter)
     scores = {}
-    for c in cs:
-        pred = _fit(train_x, train_y, float(c), max_iter).predict(val_x)
+    for c in sorted(float(c) for c in cs):
+        pred = _fit(clf, xs, train_y, c).predict(vs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scores[float(c)] = float(balanced_accuracy_score(val_y, pred))
+            scores[c] = float(balanced_accuracy_score(val_y, pred))
     best = max(scores.values())
     return min(c for c, s in scores.items() if s == best), scores
 
@@ -61,7 +72,7 @@ def linear_probe(
     cs: Sequence[float] = DEFAULT_CS,
     val_fraction: float = 0.2,
     seed: int = 0,
-    max_iter: int = 1000,
+    max_iter: int = 300,
 ) -> dict[str, object]:
     """Choose ``C`` on the validation images (given, or a seeded stratified
     ``val_fraction`` of the training images), refit on training + validation images, score
@@ -81,8 +92,9 @@ def linear_probe(
         val_x, val_y = train_x[held], train_y[held]
         train_x, train_y = train_x[keep], train_y[keep]
     c, _ = select_c(train_x, train_y, val_x, val_y, cs, max_iter)
-    model = _fit(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), c, max_iter)
-    pred = model.predict(test_x)
+    xs, ts = _scaled(np.concatenate([train_x, val_x]), test_x)
+    model = _fit(_classifier(max_iter), xs, np.concatenate([train_y, val_y]), c)
+    pred = model.predict(ts)
     return {**classification_scores(test_y, pred), "C": c, "pred": pred}
 
 
@@ -95,7 +107,7 @@ class LinearProbeAnalysis(Analysis):
         test_fraction: held-out fraction of a random split.
         val_fraction: fraction of the training images used to choose ``C`` when the dataset
             has no validation split.
-        max_iter: iterations of the solver (lbfgs).
+        max_iter: iterations of the solver (lbfgs) per candidate ``C``.
         **kwargs: see :class:`~microfm.analysis.base.Analysis`.
 
     Example:
@@ -110,7 +122,7 @@ class LinearProbeAnalysis(Analysis):
         split: str = "auto",
         test_fraction: float = 0.3,
         val_fraction: float = 0.2,
-        max_iter: int = 1000,
+        max_iter: int = 300,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
