@@ -67,8 +67,9 @@ def retrieval_scores(
 
 class RetrievalAnalysis(Analysis):
     """``analysis=retrieval``: precision@k by class (and ``domain_precision@k``, the fraction
-    of neighbours from the query's own domain, when there are domains) and a grid of queries
-    with their top-k neighbours (``figs/retrieval.png``).
+    of neighbours from the query's own domain, with ``domain_balanced_precision@k`` its mean
+    over domains, when there are domains) and a grid of queries with their top-k neighbours
+    (``figs/retrieval.png``).
 
     Args:
         ks: the k of precision@k.
@@ -115,7 +116,12 @@ class RetrievalAnalysis(Analysis):
             out = {self.key(m): v for m, v in retrieval_scores(x, fs.labels, self.ks).items()}
         if fs.domains is not None and len(np.unique(fs.domains)) > 1:  # same-microscope rate
             scores = retrieval_scores(x, fs.domains, self.ks)
-            out.update({self.key(f"domain_{m}"): v for m, v in scores.items()})
+            out.update(
+                {
+                    self.key("domain_" + m.replace("class_", "balanced_")): v
+                    for m, v in scores.items()
+                }
+            )
         q = self.queries(fs)
         idx, sims = top_k_neighbours(x, self.show_k, q)
         captions = [[self.caption(fs, i) for i in [qi, *row]] for qi, row in zip(q, idx)]
