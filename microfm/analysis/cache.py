@@ -23,12 +23,15 @@ _GLOB_CHARS = "*?["
 
 
 def file_stamp(path: str | os.PathLike | None) -> list | None:
-    """``[absolute path, size, mtime_ns]`` of a file (None for None or a URL)."""
-    if path is None or str(path).startswith(("http://", "https://")):
-        return None if path is None else [str(path)]
-    p = Path(str(path)).expanduser().resolve()
+    """``[absolute path, size, mtime_ns]`` of a file; ``[text]`` for what is not a local file
+    (a URL, a named release); None for None."""
+    if path is None:
+        return None
+    p = Path(str(path)).expanduser()
+    if str(path).startswith(("http://", "https://")) or not p.is_file():
+        return [str(path)]
     st = p.stat()
-    return [str(p), st.st_size, st.st_mtime_ns]
+    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
 def _files(source: str) -> list[Path]:

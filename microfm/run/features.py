@@ -76,8 +76,8 @@ def check_features_config(cfg: DictConfig) -> None:
             "data.root is not set: give the dataset location, e.g. data.root=/path/to/dataset"
         )
     weights = cfg.backbone.get("weights")
-    remote = str(weights).startswith(("http://", "https://"))
-    if weights and not remote and not Path(str(weights)).expanduser().is_file():
+    named = str(weights).startswith(("http://", "https://")) or str(weights) == "official"
+    if weights and not named and not Path(str(weights)).expanduser().is_file():
         raise ConfigError(f"backbone.weights: file not found: {weights}")
     patch = int(cfg.backbone.patch_size)
     size = cfg.data.get("image_size")
