@@ -5,7 +5,9 @@ Microscopy images have 1, 2, 4 or more channels; pretrained patch embeddings exp
 
 - ``sum``: one channel; the kernel is the sum of the RGB kernels, so a grey image gives exactly
   the embedding of the same grey RGB image.
-- ``repeat``: channel ``c`` takes the kernel of RGB channel ``c mod 3``, scaled by 3/C.
+- ``repeat``: the RGB kernels are repeated over the channels (channel ``c`` takes the kernel of
+  RGB channel ``c mod 3``, divided by the number of channels that share it); with fewer than
+  three channels the spare RGB kernels are added to channel ``k mod C``.
 - ``mean``: every channel takes the mean RGB kernel, scaled by 3/C ("copy-mean").
 - ``adapter``: the RGB patch embedding is kept and a learned 1×1 convolution C -> 3 in front of
   it (:class:`ChannelAdapter`) maps the channels to pseudo-RGB; it starts as the channel mean
@@ -41,8 +43,11 @@ def adapt_patch_kernel(weight: torch.Tensor, in_chans: int, mode: str = "auto") 
             )
         return weight.sum(dim=1, keepdim=True)
     if mode == "repeat":
-        reps = -(-in_chans // src)
-        return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (src / in_chans)
+        mix = torch.zeros(in_chans, src, dtype=weight.dtype)
+        for k in range(src):
+            owners = list(range(k, in_chans, src)) if in_chans >= src else [k % in_chans]
+            mix[owners, k] = 1.0 / len(owners)
+        return torch.einsum("ck,dkhw->dchw", mix, weight)
     if mode == "mean":
         return weight.mean(dim=1, keepdim=True).repeat(1, in_chans, 1, 1) * (src / in_chans)
     raise ConfigError(f"backbone.channel_mode must be one of {CHANNEL_MODES}, got {mode!r}")
