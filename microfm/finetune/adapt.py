@@ -203,4 +203,8 @@ class Finetune:
             opts = dict(self.lora)
             self.wrapped = apply_lora(backbone.model, use_dora=(mode == "dora"), **opts)
             log.info("%s adapters on %d modules", mode, len(self.wrapped))
+        adapter = getattr(backbone, "channel_adapter", None)
+        if adapter is not None:  # new weights in front of the pretrained ones: always trained
+            for p in adapter.parameters():
+                p.requires_grad = True
         return self
