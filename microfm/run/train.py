@@ -21,8 +21,8 @@ from microfm.distributed.preemption import (
     resume_path,
 )
 from microfm.distributed.resolvers import process_rank
-from microfm.finetune.audit import lora_audit, save_adapters, write_lora_audit
 from microfm.errors import ConfigError
+from microfm.finetune.audit import lora_audit, save_adapters, write_lora_audit
 from microfm.modules import SupervisedModule
 from microfm.run.build import (
     build,
