@@ -45,15 +45,19 @@ def test_input_size_must_be_patch_multiple():
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_declared_numbers_match_built_model(name):
+def test_declared_numbers_match_built_model(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("MICROFM_WEIGHTS", str(tmp_path))  # no weights found: random init
     declared = yaml.safe_load((config_dir() / "backbone" / f"{name}.yaml").read_text())
-    bb = build_backbone(name, in_chans=3)
+    with torch.device("meta"):  # architecture only (ViT-7B has 6.7e9 parameters)
+        bb = build_backbone(name, in_chans=BACKBONES[name].in_chans)
     assert bb.patch_size == declared["patch_size"]
     assert bb.embed_dim == declared["embed_dim"]
     assert max(declared["intermediate_layers"]) < bb.depth
     assert tuple(declared["intermediate_layers"]) == bb.intermediate_layers
     assert declared["licence"] == bb.licence
-    torch.testing.assert_close(bb.mean.flatten(), torch.tensor(declared["mean"]))
+    assert bb.depth == BACKBONES[name].depth
+    assert declared["mean"] == pytest.approx(list(BACKBONES[name].mean))
+    assert declared["std"] == pytest.approx(list(BACKBONES[name].std))
 
 
 def test_unknown_backbone_suggests():
@@ -108,3 +112,152 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a module object needs unpickling code
     with pytest.raises(WeightsError, match="weights_only"):
         build_backbone("vit_test", weights=str(path))
+
+
+# ------------------------------------------------------------------------------ channels
+def _rgb_weights(tmp_path):
+    torch.manual_seed(0)
+    src = build_backbone("vit_test", in_chans=3)
+    path = tmp_path / "rgb.pth"
+    torch.save(src.model.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode,in_chans", [("sum", 1), ("repeat", 2), ("repeat", 4), ("mean", 2), ("mean", 5)]
+)
+def test_channel_modes_keep_the_response_to_equal_channels(tmp_path, mode, in_chans):
+    path = _rgb_weights(tmp_path)
+    rgb = build_backbone("vit_test", weights=str(path), in_chans=3, normalize=False).eval()
+    bb = build_backbone(
+        "vit_test", weights=str(path), in_chans=in_chans, channel_mode=mode, normalize=False
+    ).eval()
+    grey = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bb.forward_features(grey.repeat(1, in_chans, 1, 1))["patch"],
+            rgb.forward_features(grey.repeat(1, 3, 1, 1))["patch"],
+        )
+    if in_chans > 1:  # the channels are not interchangeable copies of one another
+        x = torch.rand(1, in_chans, 32, 32)
+        with torch.no_grad():
+            a = bb.forward_features(x)["patch"]
+            b = bb.forward_features(x.flip(1))["patch"]
+        assert (mode == "mean") == torch.allclose(a, b, atol=1e-5)
+
+
+def test_learned_channel_adapter(tmp_path):
+    path = _rgb_weights(tmp_path)
+    rgb = build_backbone("vit_test", weights=str(path), in_chans=3).eval()
+    bb = build_backbone("vit_test", weights=str(path), in_chans=4, channel_mode="adapter").eval()
+    assert bb.in_chans == 4 and bb.model.patch_embed.proj.in_channels == 3
+    grey = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():  # starts as the channel mean copied to R, G and B
+        torch.testing.assert_close(
+            bb.forward_features(grey.repeat(1, 4, 1, 1))["cls"],
+            rgb.forward_features(grey.repeat(1, 3, 1, 1))["cls"],
+        )
+    probe = torch.randn(1, 64, 4, 4)  # (a plain sum of LayerNorm outputs has no gradient)
+    (bb.forward_features(torch.rand(1, 4, 32, 32))["patch"] * probe).sum().backward()
+    assert bb.channel_adapter.proj.weight.grad.abs().sum() > 0
+    # a checkpoint holding the adapter needs an adapter backbone
+    state = {f"backbone.{k}": v for k, v in bb.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "run.ckpt")
+    again = build_backbone(
+        "vit_test", weights=str(tmp_path / "run.ckpt"), in_chans=4, channel_mode="adapter"
+    )
+    torch.testing.assert_close(again.channel_adapter.proj.weight, bb.channel_adapter.proj.weight)
+    with pytest.raises(WeightsError, match="channel_mode=adapter"):
+        build_backbone("vit_test", weights=str(tmp_path / "run.ckpt"), in_chans=4)
+
+
+def test_bad_channel_settings():
+    with pytest.raises(ConfigError, match="channel_mode"):
+        build_backbone("vit_test", channel_mode="avg")
+    with pytest.raises(ConfigError, match="one input channel"):
+        from microfm.backbones.channels import adapt_patch_kernel
+
+        adapt_patch_kernel(torch.zeros(8, 3, 4, 4), 2, "sum")
+
+
+# ------------------------------------------------------------------------------ input sizes
+@pytest.mark.parametrize("mode,grid", [("pad", (5, 6)), ("resize", (4, 6))])
+def test_patch_multiple_snapping(mode, grid):
+    bb = build_backbone("vit_test", in_chans=1, patch_multiple=mode).eval()
+    x = torch.rand(2, 1, 35, 44)
+    with torch.no_grad():
+        out = bb.forward_features(x)
+        layers = bb.get_intermediate_layers(x, [1])
+    assert out["patch"].shape[-2:] == grid and layers[0].shape[-2:] == grid
+    snapped, restore = bb.snap(x)
+    assert snapped.shape[-2:] == tuple(8 * g for g in grid)
+    assert restore(torch.zeros(2, 3, *snapped.shape[-2:])).shape == (2, 3, 35, 44)
+    if mode == "pad":  # the image itself is kept, the border is mirrored
+        torch.testing.assert_close(snapped[..., :35, :44], x)
+        torch.testing.assert_close(restore(snapped), x)
+    with pytest.raises(ConfigError, match="patch_multiple"):
+        build_backbone("vit_test", patch_multiple="crop")
+
+
+def test_dense_predictions_of_snapped_inputs_keep_the_input_size():
+    from microfm.heads import UNetDecoder
+    from microfm.modules import SupervisedModule
+    from microfm.tasks import CellSegTask
+
+    bb = build_backbone("vit_test", in_chans=1, patch_multiple="pad")
+    module = SupervisedModule(bb, CellSegTask(UNetDecoder(64, 4, in_chans=1), layers=[0, 1, 2, 3]))
+    with torch.no_grad():
+        assert module(torch.rand(2, 1, 30, 43))["cellseg"].shape == (2, 1, 30, 43)
+
+
+def test_dataset_normalisation_statistics():
+    bb = build_backbone("vit_test", in_chans=2, norm_stats="dataset")
+    bb.set_normalization([0.2, 0.3], [0.1, 0.5])
+    assert bb.mean.flatten().tolist() == pytest.approx([0.2, 0.3])
+    with pytest.raises(ValueError, match="positive"):
+        bb.set_normalization([0.2, 0.3], [0.0, 0.5])
+    with pytest.raises(ConfigError, match="norm_stats"):
+        build_backbone("vit_test", norm_stats="imagenet")
+
+
+# ------------------------------------------------------------------------------ LoRA paths
+def test_qkv_bias_attention_would_bypass_lora_without_microfm(tmp_path):
+    """timm's EVA attention with q/v biases calls F.linear on qkv.weight: an adapter on qkv
+    is never used. microfm routes the call through the module; the guard catches the rest."""
+    import timm
+
+    from microfm.finetune.adapt import apply_lora
+
+    raw = timm.create_model(
+        "vit_small_patch16_dinov3_qkvb",
+        num_classes=0,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        patch_size=8,
+    )
+    with pytest.raises(RuntimeError, match="do not take part"):
+        apply_lora(raw, r=2)
+    bb = build_backbone("vit_test", in_chans=1)
+    assert len(apply_lora(bb.model, r=2)) == 4  # routed: every adapter is used
+
+
+def test_gradient_checkpointing_keeps_lora_gradients():
+    from microfm.finetune.adapt import Finetune
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        bb = build_backbone("vit_test", in_chans=1, grad_checkpointing=checkpointing)
+        Finetune("lora", "lora", {"r": 4}, allow_random=True).apply(bb)
+        with torch.no_grad():
+            for n, p in bb.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+        probe = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(2))
+        (bb.train().forward_features(x)["patch"] * probe).sum().backward()
+        grads.append([p.grad.clone() for n, p in bb.named_parameters() if "lora_A" in n])
+    assert all(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

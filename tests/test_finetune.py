@@ -99,3 +99,92 @@ def test_merge_adapters_keeps_the_function():
     assert not any("lora" in n for n, _ in bb.named_parameters())
     assert type(bb.model.blocks[0].attn.qkv) is torch.nn.Linear
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ audit
+def test_lora_audit_counts():
+    from microfm.finetune.audit import lora_audit, parameter_counts
+
+    bb = build_backbone("vit_test")
+    ft = Finetune(
+        "lora", "lora", {"r": 4, "target_modules": ["attn.qkv", "mlp.fc1"]}, allow_random=True
+    ).apply(bb)
+    audit = lora_audit(bb, ft.mode, ft.wrapped)
+    assert [e["module"] for e in audit["wrapped"]] == ft.wrapped and len(ft.wrapped) == 8
+    qkv = next(e for e in audit["wrapped"] if e["module"] == "blocks.0.attn.qkv")
+    assert (qkv["in_features"], qkv["out_features"]) == (64, 192)
+    assert qkv["lora_params"] == 4 * (64 + 192)
+    assert qkv["base_params"] == 64 * 192  # q/v biases live in the attention, not in qkv
+    counts = parameter_counts(bb)
+    assert counts["lora"] == sum(e["lora_params"] for e in audit["wrapped"])
+    assert counts["trainable"] == counts["lora"]
+    assert counts["total"] == counts["trainable"] + counts["frozen"]
+
+
+@pytest.mark.parametrize("mode", ["lora", "dora"])
+def test_adapters_saved_on_their_own_and_loaded_back(tmp_path, mode):
+    from microfm.errors import WeightsError
+    from microfm.finetune.audit import load_adapters, read_adapter_settings, save_adapters
+
+    path = tmp_path / "w.pth"
+    torch.save(build_backbone("vit_test", in_chans=1).model.state_dict(), path)
+    settings = {"mode": mode, "lora": {"r": 2, "alpha": 4, "target_modules": ["attn.qkv"]}}
+    bb = build_backbone("vit_test", weights=str(path), in_chans=1)
+    Finetune(mode, **settings).apply(bb)
+    with torch.no_grad():
+        for p in bb.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    save_adapters(bb, tmp_path / "adapters.safetensors", {"finetune": settings})
+    assert read_adapter_settings(tmp_path / "adapters.safetensors")["finetune"] == settings
+    assert (tmp_path / "adapters.safetensors").stat().st_size < path.stat().st_size / 5
+    again = build_backbone("vit_test", weights=str(path), in_chans=1)
+    Finetune(mode, **settings).apply(again)
+    load_adapters(again, tmp_path / "adapters.safetensors")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again.eval().forward_features(x)["patch"], bb.eval().forward_features(x)["patch"]
+        )
+    other = build_backbone("vit_test", weights=str(path), in_chans=1)
+    Finetune(mode, mode, {"r": 3}).apply(other)
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_adapters(other, tmp_path / "adapters.safetensors")
+
+
+def test_channel_adapter_trains_with_a_frozen_backbone(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(build_backbone("vit_test").model.state_dict(), path)
+    bb = build_backbone("vit_test", weights=str(path), in_chans=4, channel_mode="adapter")
+    Finetune("frozen", "frozen").apply(bb)
+    assert trainable(bb) == {"channel_adapter.proj.weight", "channel_adapter.proj.bias"}
+
+
+def test_training_run_writes_the_audit_and_the_adapters(tiny_overrides, tmp_path):
+    import json
+
+    from microfm.finetune.audit import read_adapter_settings
+    from microfm.run.config import compose
+    from microfm.run.train import train
+
+    train(
+        compose(
+            [
+                *tiny_overrides,
+                "debug=smoke",
+                "finetune=lora",
+                "finetune.allow_random=true",
+                "finetune.lora.r=2",
+                "backbone.norm_stats=dataset",
+            ]
+        )
+    )
+    run = tmp_path / "results" / "seg" / "test"
+    audit = json.loads((run / "lora_targets.json").read_text())
+    assert audit["mode"] == "lora" and len(audit["wrapped"]) == 4
+    assert audit["params"]["lora"] == 4 * 2 * (64 + 192)
+    settings = read_adapter_settings(run / "ckpts" / "adapters.safetensors")
+    assert settings["finetune"]["lora"]["r"] == 2 and settings["backbone"]["name"] == "vit_test"
+    best = torch.load(run / "ckpts" / "best.ckpt", map_location="cpu", weights_only=False)
+    mean = best["state_dict"]["backbone.mean"].flatten()
+    assert 0.0 < float(mean[0]) < 1.0 and float(mean[0]) != pytest.approx(0.449, abs=1e-3)

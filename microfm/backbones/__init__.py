@@ -7,14 +7,18 @@ from collections.abc import Sequence
 
 import timm
 
+from microfm.backbones.channels import CHANNEL_MODES, ChannelAdapter
+from microfm.backbones.official import use_official_semantics
 from microfm.backbones.registry import BACKBONES, BackboneSpec, get_spec
 from microfm.backbones.vit import Backbone
-from microfm.backbones.weights import load_into, read_state_dict
+from microfm.backbones.weights import load_into, resolve_weights
 from microfm.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "build_backbone"]
+
+NORM_STATS = ("pretrained", "dataset")
 
 
 def _per_channel(values: Sequence[float], in_chans: int, key: str) -> tuple[float, ...]:
@@ -36,80 +40,117 @@ def build_backbone(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     normalize: bool = True,
+    norm_stats: str = "pretrained",
     intermediate_layers: Sequence[int] | None = None,
     grad_checkpointing: bool = False,
     drop_path_rate: float = 0.0,
     require_pretrained: bool = False,
+    channel_mode: str = "auto",
+    patch_multiple: str | None = None,
+    sha256: str | None = None,
     **overrides,
 ) -> Backbone:
     """Build a named backbone, optionally loading weights.
 
     Args:
-        name: a key of :data:`BACKBONES` (``dinov3_vits16``, ``dinov2_vits14``, ``vit_test``...).
-        weights: path to a checkpoint (official Meta ``.pth``, timm/HF ``.safetensors`` or a
-            microfm checkpoint). None: random initialisation with a warning.
-        in_chans: number of input channels; RGB weights are adapted.
+        name: a key of :data:`BACKBONES` (``dinov3_vits16``, ``dinov2_vitb14_reg``...).
+        weights: a checkpoint path (official Meta ``.pth``, timm/HF ``.safetensors``, MAE,
+            STED-FM, DINO teacher or microfm checkpoint), ``official`` (download the public
+            release once) or an ``http(s)://`` URL (downloaded once into the cache). None:
+            ``$MICROFM_WEIGHTS`` and the torch hub / Hugging Face caches are searched, then
+            the backbone starts from random weights with a warning.
+        in_chans: channels of the data; RGB weights are adapted (``channel_mode``).
         mean, std: input normalisation; defaults to the pretraining statistics (averaged over
             RGB for other channel counts).
         normalize: apply mean/std inside the backbone.
+        norm_stats: ``pretrained`` (``mean``/``std``) or ``dataset`` (the trainer replaces
+            them with per-channel statistics of the training images).
         intermediate_layers: default blocks for dense heads.
         grad_checkpointing: recompute block activations in the backward pass to save memory.
         drop_path_rate: stochastic depth rate.
-        require_pretrained: raise instead of warning when no weights are given.
+        require_pretrained: raise instead of warning when no weights are found.
+        channel_mode: how RGB weights serve ``in_chans`` channels (see
+            :mod:`microfm.backbones.channels`).
+        patch_multiple: ``None`` (input sizes must be multiples of the patch size), ``resize``
+            or ``pad``.
+        sha256: expected SHA-256 of a downloaded file.
         **overrides: architecture arguments passed to ``timm.create_model`` (e.g.
-            ``patch_size``, ``embed_dim``); declared values equal to the spec are accepted.
+            ``depth``); declared values equal to the spec are accepted.
 
     Returns:
         A :class:`Backbone`.
+
+    Example:
+        >>> bb = build_backbone("vit_test", in_chans=2)
+        >>> bb.forward_features(torch.rand(1, 2, 32, 32))["patch"].shape
+        torch.Size([1, 64, 4, 4])
     """
     try:
         spec: BackboneSpec = get_spec(name)
     except KeyError as exc:
         raise ConfigError(f"backbone.name: {exc.args[0]}") from None
+    if channel_mode not in CHANNEL_MODES:
+        raise ConfigError(
+            f"backbone.channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}"
+        )
+    if norm_stats not in NORM_STATS:
+        raise ConfigError(f"backbone.norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     licence = overrides.pop("licence", spec.licence)
     # Declared numbers from the config: pass them on only when they change the architecture.
     for key in ("patch_size", "embed_dim", "depth"):
         if key in overrides and overrides[key] == getattr(spec, key):
             overrides.pop(key)
-    kwargs = dict(spec.timm_kwargs)
-    kwargs.update(overrides)
+    adapter = None
+    model_chans = in_chans
+    if channel_mode == "adapter" and in_chans != spec.in_chans:
+        adapter = ChannelAdapter(in_chans, spec.in_chans)
+        model_chans = spec.in_chans
+    kwargs = {**spec.timm_kwargs, **overrides}
     model = timm.create_model(
         spec.timm_name,
         pretrained=False,
         num_classes=0,
-        in_chans=in_chans,
+        in_chans=model_chans,
         dynamic_img_size=True,
         drop_path_rate=drop_path_rate,
         **kwargs,
     )
-    pretrained = False
-    if weights:
-        load_into(model, read_state_dict(weights), spec.family, source=str(weights))
-        pretrained = True
+    use_official_semantics(model, dinov2_pos_embed="dinov2" in spec.timm_name)
+    path = resolve_weights(name, spec, weights, sha256)
+    if path is not None:
+        load_into(model, path, channel_mode=channel_mode, channel_adapter=adapter)
     elif require_pretrained:
         raise WeightsError(
-            f"backbone.require_pretrained=true but no weights were given for {name}: "
-            "set backbone.weights=/path/to/checkpoint.pth"
+            f"backbone.require_pretrained=true but no weights were found for {name}: set "
+            f"backbone.weights=/path/to/checkpoint.pth (from {spec.source or 'its authors'})"
         )
     else:
         log.warning(
             "backbone %s has RANDOM weights. To use pretrained weights download the checkpoint "
-            "(%s) and pass backbone.weights=/path/to/checkpoint.pth",
+            "(%s) and pass backbone.weights=/path/to/checkpoint.pth, or put it in the folder "
+            "named by $MICROFM_WEIGHTS",
             name,
-            "gated: request access from Meta first" if spec.gated else "official release",
+            spec.source or "official release",
         )
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     patch_size = int(model.patch_embed.patch_size[0])
-    return Backbone(
+    default_mean = _per_channel(spec.mean, model_chans, "mean")
+    default_std = _per_channel(spec.std, model_chans, "std")
+    backbone = Backbone(
         model,
         name=name,
         patch_size=patch_size,
         intermediate_layers=tuple(intermediate_layers or spec.intermediate_layers),
-        mean=_per_channel(mean if mean is not None else spec.mean, in_chans, "mean"),
-        std=_per_channel(std if std is not None else spec.std, in_chans, "std"),
+        mean=_per_channel(mean, model_chans, "mean") if mean is not None else default_mean,
+        std=_per_channel(std, model_chans, "std") if std is not None else default_std,
         normalize=normalize,
         licence=licence,
-        pretrained=pretrained,
+        pretrained=path is not None,
+        channel_adapter=adapter,
+        patch_multiple=patch_multiple,
+        norm_stats=norm_stats,
+        weights_path=str(path) if path is not None else None,
     )
+    return backbone

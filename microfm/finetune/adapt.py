@@ -84,6 +84,10 @@ def verify_adapters(model: nn.Module, wrapped: Sequence[str]) -> None:
     Raises:
         RuntimeError: naming the bypassed modules.
     """
+    device = next(model.parameters()).device
+    if device.type == "meta":  # architecture only (e.g. microfm-inspect of a 7B model)
+        log.info("LoRA adapters not verified: the model is on the meta device")
+        return
     modules = dict(model.named_modules())
     patch = getattr(model, "patch_embed", None)
     in_chans = patch.proj.in_channels if patch is not None else 3
@@ -93,7 +97,6 @@ def verify_adapters(model: nn.Module, wrapped: Sequence[str]) -> None:
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
     x = torch.randn(1, in_chans, size, size, generator=g).to(device)
     try:
         with torch.enable_grad():
@@ -203,4 +206,8 @@ class Finetune:
             opts = dict(self.lora)
             self.wrapped = apply_lora(backbone.model, use_dora=(mode == "dora"), **opts)
             log.info("%s adapters on %d modules", mode, len(self.wrapped))
+        adapter = getattr(backbone, "channel_adapter", None)
+        if adapter is not None:  # new weights in front of the pretrained ones: always trained
+            for p in adapter.parameters():
+                p.requires_grad = True
         return self

@@ -91,9 +91,28 @@ class SupervisedModule(L.LightningModule):
             out[name] = task(task_feats, image)
         return out
 
+    def _forward(
+        self, image: torch.Tensor, shared_features: bool = False
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Predictions for a batch (and, when asked, the shared features loss balancing
+        measures). Images whose size the backbone snaps to a patch multiple
+        (``backbone.patch_multiple``) run at the snapped size, and dense predictions are
+        mapped back to the input size."""
+        snap = getattr(self.backbone, "snap", None)
+        x, restore = snap(image) if snap is not None else (image, None)
+        feats = self.features(x)
+        shared = self._shared(feats) if shared_features else []
+        preds = self.heads(feats, x)
+        if x is not image:
+            preds = {
+                k: restore(v) if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v
+                for k, v in preds.items()
+            }
+        return shared, preds
+
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions of every task for a batch of images (B, C, H, W)."""
-        return self.heads(self.features(image), image)
+        return self._forward(image)[1]
 
     @staticmethod
     def _shared(feats: Mapping[str, object]) -> list[torch.Tensor]:
@@ -120,9 +139,7 @@ class SupervisedModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        feats = self.features(image)
-        shared = self._shared(feats) if self.weighting.needs_features else ()
-        preds = self.heads(feats, image)
+        shared, preds = self._forward(image, shared_features=self.weighting.needs_features)
         losses, present = self._losses(preds, batch)
         total = self.weighting(losses, shared, present)
         bs = image.shape[0]

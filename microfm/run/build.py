@@ -130,16 +130,20 @@ def check_settings(cfg: DictConfig) -> None:
             "data.root is not set: give the dataset location, e.g. data.root=/path/to/dataset"
         )
     patch = cfg.backbone.get("patch_size")
+    snapped = cfg.backbone.get("patch_multiple") is not None
     for key in ("image_size", "crop_size"):
         size = cfg.data.get(key)
-        if patch and size is not None and int(size) % int(patch):
+        if patch and not snapped and size is not None and int(size) % int(patch):
             fit = int(size) // int(patch) * int(patch) or int(patch)
             raise ConfigError(
                 f"data.{key}={size} is not a multiple of backbone.patch_size={patch} "
-                f"({cfg.backbone.name}); use e.g. data.{key}={fit}"
+                f"({cfg.backbone.name}); use e.g. data.{key}={fit}, or let the backbone snap "
+                "inputs with backbone.patch_multiple=resize|pad"
             )
     weights = cfg.backbone.get("weights")
-    if weights and not str(weights).startswith(("http://", "https://")):
+    if weights and not (
+        str(weights) == "official" or str(weights).startswith(("http://", "https://"))
+    ):
         from pathlib import Path
 
         if not Path(str(weights)).expanduser().is_file():

@@ -21,6 +21,8 @@ from microfm.distributed.preemption import (
     resume_path,
 )
 from microfm.distributed.resolvers import process_rank
+from microfm.errors import ConfigError
+from microfm.finetune.audit import lora_audit, save_adapters, write_lora_audit
 from microfm.modules import SupervisedModule
 from microfm.run.build import (
     build,
@@ -55,6 +57,22 @@ def _write_run_files(run_dir: Path, cfg: DictConfig) -> None:
     write_run_info(run_dir)
 
 
+def use_dataset_statistics(backbone, datamodule) -> None:
+    """``backbone.norm_stats=dataset``: normalise the model input with the per-channel mean/std
+    of the training images (stored in the checkpoint with the model)."""
+    if getattr(backbone, "norm_stats", "pretrained") != "dataset":
+        return
+    if getattr(backbone, "channel_adapter", None) is not None:
+        raise ConfigError(
+            "backbone.norm_stats=dataset does not combine with backbone.channel_mode=adapter "
+            "(the adapter's output is normalised with the pretraining statistics)"
+        )
+    mean, std = datamodule.channel_stats()
+    std = [max(float(s), 1e-6) for s in std]
+    backbone.set_normalization(mean, std)
+    log.info("backbone input normalised with dataset statistics: mean %s, std %s", mean, std)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit ``cfg.task`` on ``cfg.data`` and (unless ``test=false``) test the best checkpoint.
 
@@ -80,6 +98,7 @@ def train(cfg: DictConfig) -> dict:
     finetune = build(cfg.finetune, "finetune").apply(backbone)
     module = SupervisedModule(backbone, tasks, optim=build(cfg.optim, "optim"), weighting=weighting)
     datamodule.setup("fit")
+    use_dataset_statistics(backbone, datamodule)
 
     _write_run_files(run_dir, cfg)
     resolved = resolved_config(cfg)
@@ -101,6 +120,9 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, callbacks, build(cfg.get("logger"), "logger"), plugins=plugins)
     log_config(trainer.loggers, resolved)
     if trainer.is_global_zero:
+        write_lora_audit(
+            run_dir / "lora_targets.json", lora_audit(backbone, finetune.mode, finetune.wrapped)
+        )
         n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
         update_json(
             run_dir / "metrics.json",
@@ -121,6 +143,13 @@ def train(cfg: DictConfig) -> dict:
             ckpt = trainer.checkpoint_callback
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        if trainer.is_global_zero and (finetune.wrapped or backbone.channel_adapter is not None):
+            # the tested (best) weights, or the last ones when there was no test
+            save_adapters(
+                backbone,
+                run_dir / "ckpts" / "adapters.safetensors",
+                {"backbone": resolved["backbone"], "finetune": resolved["finetune"]},
+            )
         success = True
     finally:
         finish_loggers(trainer.loggers, success)  # closes this job's W&B run
