@@ -14,7 +14,13 @@ from omegaconf import OmegaConf
 from microfm.run.config import compose, config_dir
 
 CONF = config_dir()
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "local")
+# groups of other entry points (microfm-features/-analyze), composed by their own tests
+OTHER_ENTRY_GROUPS = {"analysis", "extract"}
+GROUPS = sorted(
+    p.name
+    for p in CONF.iterdir()
+    if p.is_dir() and p.name != "local" and p.name not in OTHER_ENTRY_GROUPS
+)
 
 
 def _options(group: str) -> list[str]:
