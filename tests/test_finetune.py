@@ -188,3 +188,10 @@ def test_training_run_writes_the_audit_and_the_adapters(tiny_overrides, tmp_path
     best = torch.load(run / "ckpts" / "best.ckpt", map_location="cpu", weights_only=False)
     mean = best["state_dict"]["backbone.mean"].flatten()
     assert 0.0 < float(mean[0]) < 1.0 and float(mean[0]) != pytest.approx(0.449, abs=1e-3)
+    # the checkpoint alone rebuilds that backbone: LoRA merged, dataset statistics kept
+    from microfm.backbones import backbone_from_checkpoint
+
+    rebuilt, meta = backbone_from_checkpoint(run / "ckpts" / "best.ckpt")
+    assert meta["meta"]["finetune_applied"] == "lora"
+    assert not any("lora" in n for n, _ in rebuilt.named_parameters())
+    torch.testing.assert_close(rebuilt.mean.flatten(), mean)

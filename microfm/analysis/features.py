@@ -28,12 +28,9 @@ from microfm.errors import ConfigError, WeightsError
 log = logging.getLogger(__name__)
 
 
-def backbone_from_checkpoint(path: str | Path, merge: bool = True):
-    """The backbone of a microfm checkpoint (``microfm-train``'s ``ckpts/*.ckpt``).
-
-    The backbone is rebuilt from the resolved config stored in the checkpoint, the fine-tuning
-    that was applied (LoRA/DoRA adapters included) is re-applied, the ``backbone.*`` weights
-    are loaded, and adapters are merged into their layers (``merge=True``).
+def backbone_from_checkpoint(path: str | Path):
+    """The backbone of a microfm checkpoint (``microfm-train``'s ``ckpts/*.ckpt``), LoRA/DoRA
+    adapters merged in (:func:`microfm.backbones.backbone_from_checkpoint`).
 
     Returns:
         ``(backbone, info)``: the :class:`~microfm.backbones.Backbone` in eval mode and what
@@ -44,53 +41,16 @@ def backbone_from_checkpoint(path: str | Path, merge: bool = True):
         >>> info["finetune"]  # doctest: +SKIP
         'lora'
     """
-    from microfm.backbones import build_backbone
-    from microfm.finetune import Finetune, merge_adapters
+    from microfm.backbones import backbone_from_checkpoint as load
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"ckpt: file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise WeightsError(f"ckpt: {path} is not a readable checkpoint ({exc})") from None
-    stored = (ckpt.get("microfm") or {}) if isinstance(ckpt, Mapping) else {}
-    config = stored.get("config") or {}
-    if "backbone" not in config or "state_dict" not in ckpt:
-        raise WeightsError(
-            f"ckpt: {path} is not a microfm checkpoint (no microfm config or state_dict)"
-        )
-    bcfg = {k: v for k, v in config["backbone"].items() if not k.startswith("_")}
-    name = bcfg.pop("name")
-    bcfg.pop("weights", None)
-    bcfg.pop("require_pretrained", None)
-    quiet = logging.getLogger("microfm.backbones")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "random weights": the checkpoint's weights follow
-    try:
-        backbone = build_backbone(name, None, **bcfg)
-    finally:
-        quiet.setLevel(level)
-    mode = (stored.get("meta") or {}).get("finetune_applied") or config.get("finetune", {}).get(
+    backbone, meta = load(path)
+    config = meta["config"]
+    mode = (meta.get("meta") or {}).get("finetune_applied") or (config.get("finetune") or {}).get(
         "mode", "full"
     )
-    if mode in ("lora", "dora"):
-        ft = config.get("finetune") or {}
-        Finetune(ft.get("name", mode), mode, ft.get("lora"), allow_random=True).apply(backbone)
-    prefix = "backbone."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise WeightsError(f"ckpt: {path} holds no backbone.* weights")
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"ckpt: {path} does not fit the backbone it describes: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    if merge and mode in ("lora", "dora"):
-        merge_adapters(backbone.model)
-    backbone.pretrained = True
-    backbone.eval()
     return backbone, {"config": config["backbone"], "finetune": mode}
 
 

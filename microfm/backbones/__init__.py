@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import timm
@@ -16,7 +17,7 @@ from microfm.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "backbone_from_checkpoint", "build_backbone"]
 
 NORM_STATS = ("pretrained", "dataset")
 
@@ -118,8 +119,9 @@ def build_backbone(
     )
     use_official_semantics(model, dinov2_pos_embed="dinov2" in spec.timm_name)
     path = resolve_weights(name, spec, weights, sha256)
+    stored_norm: dict = {}
     if path is not None:
-        load_into(model, path, channel_mode=channel_mode, channel_adapter=adapter)
+        _, stored_norm = load_into(model, path, channel_mode=channel_mode, channel_adapter=adapter)
     elif require_pretrained:
         raise WeightsError(
             f"backbone.require_pretrained=true but no weights were found for {name}: set "
@@ -153,4 +155,42 @@ def build_backbone(
         norm_stats=norm_stats,
         weights_path=str(path) if path is not None else None,
     )
+    # a microfm checkpoint's own input statistics, unless the caller gives them
+    same_shape = stored_norm and stored_norm["mean"].shape == backbone.mean.shape
+    if same_shape and mean is None and std is None:
+        backbone.set_normalization(stored_norm["mean"].flatten(), stored_norm["std"].flatten())
     return backbone
+
+
+def backbone_from_checkpoint(path: str | os.PathLike, **overrides) -> tuple[Backbone, dict]:
+    """The backbone of a checkpoint written by ``microfm-train`` (supervised or SSL), rebuilt
+    from the config stored in it, with its weights (LoRA/DoRA adapters merged in), channel
+    adapter and input normalisation; read without unpickling code.
+
+    Args:
+        path: ``<run>/ckpts/best.ckpt`` or another microfm checkpoint.
+        **overrides: backbone arguments that replace the stored ones (the input mean/std
+            come from the checkpoint's own buffers).
+
+    Returns:
+        ``(backbone, meta)``: the backbone in eval mode and the checkpoint's ``microfm``
+        metadata (``config``: the resolved run config; ``meta``: e.g. ``finetune_applied``).
+
+    Example:
+        >>> bb, meta = backbone_from_checkpoint("results/seg/run/ckpts/best.ckpt")  # doctest: +SKIP
+        >>> meta["meta"]["finetune_applied"]  # doctest: +SKIP
+        'lora'
+    """
+    from microfm.backbones.weights import read_microfm_config
+
+    meta = read_microfm_config(path)
+    args = {
+        k: v
+        for k, v in meta["config"]["backbone"].items()
+        if not k.startswith("_")
+        and k not in ("weights", "sha256", "require_pretrained", "mean", "std")
+    }
+    args.update(overrides)
+    name = args.pop("name")
+    backbone = build_backbone(name, weights=str(path), **args)
+    return backbone.eval(), meta

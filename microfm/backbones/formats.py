@@ -139,7 +139,7 @@ def convert(
 
     Returns:
         ``(model_state, extra, format_name)`` where ``extra`` holds microfm wrapper tensors
-        found beside the encoder (``channel_adapter.*``).
+        found beside the encoder (``channel_adapter.*``, the input ``mean``/``std``).
     """
     if any(k.startswith(("visual.", "module.visual.")) for k in state_dict):
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -153,7 +153,7 @@ def convert(
         extra = {
             k[len(outer) :]: v
             for k, v in state_dict.items()
-            if k.startswith(f"{outer}channel_adapter.")
+            if k.startswith(f"{outer}channel_adapter.") or k in (f"{outer}mean", f"{outer}std")
         }
     sd = merge_lora(_strip(state_dict, prefix), lora_alpha, lora_rslora)
     if isinstance(model, Eva):

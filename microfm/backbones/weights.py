@@ -231,13 +231,14 @@ def load_into(
     path: str | os.PathLike,
     channel_mode: str = "auto",
     channel_adapter: nn.Module | None = None,
-) -> str:
+) -> tuple[str, dict[str, torch.Tensor]]:
     """Load the weights at ``path`` into the timm ``model`` (strictly), converting the format
     and adapting the input channels; a microfm checkpoint's learned channel adapter goes into
     ``channel_adapter``.
 
     Returns:
-        The name of the recognised format.
+        The name of the recognised format, and the input normalisation stored with a microfm
+        checkpoint (``{"mean": ..., "std": ...}``, empty for other formats).
 
     Raises:
         WeightsError: listing missing, unexpected and mismatched keys when it does not fit.
@@ -270,14 +271,26 @@ def load_into(
             f"  shape mismatches ({len(wrong_shape)}): {_fmt(wrong_shape)}"
         )
     model.load_state_dict(state, strict=True)
-    if extra:
+    adapter = {k.removeprefix("channel_adapter."): v for k, v in extra.items() if "." in k}
+    if adapter:
         if channel_adapter is None:
             raise WeightsError(
                 f"backbone.weights: {path} was trained with a learned channel adapter; build "
                 "the backbone with backbone.channel_mode=adapter to use it"
             )
-        channel_adapter.load_state_dict(
-            {k.removeprefix("channel_adapter."): v for k, v in extra.items()}
-        )
+        channel_adapter.load_state_dict(adapter)
     log.info("loaded backbone weights from %s (%s format)", path, fmt)
-    return fmt
+    return fmt, {k: v for k, v in extra.items() if k in ("mean", "std")}
+
+
+def read_microfm_config(path: str | os.PathLike) -> dict:
+    """The resolved config stored in a checkpoint written by ``microfm-train`` (read safely).
+
+    Raises:
+        WeightsError: the file is not a microfm checkpoint.
+    """
+    _, meta = read_checkpoint(path)
+    config = meta.get("config") or {}
+    if "backbone" not in config:
+        raise WeightsError(f"ckpt: {path} is not a microfm checkpoint (no stored config)")
+    return meta
