@@ -32,8 +32,8 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     tile ends at ``length`` (``length >= tile``)."""
     if length < tile:
         raise ValueError(f"length {length} is smaller than the tile {tile}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    if not 1 <= stride <= tile:
+        raise ValueError(f"stride must be in [1, tile={tile}], got {stride}")
     n = math.ceil((length - tile) / stride) + 1
     return sorted({min(i * stride, length - tile) for i in range(n)})
 
@@ -157,7 +157,8 @@ class SlidingWindow:
         total = length + before + after
         tile = min(self.tile_size, math.ceil(total / p) * p)
         after += max(0, tile - total)
-        return before, after, tile, tile_starts(length + before + after, tile, self.stride)
+        starts = tile_starts(length + before + after, tile, min(self.stride, tile))
+        return before, after, tile, starts
 
     def plan(self, height: int, width: int) -> Plan:
         """The tiles of an image of ``height`` × ``width``."""
