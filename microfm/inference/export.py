@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,15 +181,19 @@ def export_torchscript(
     module = ExportModule(model).eval()
     p = model.patch_size
     example = _inputs((2, model.in_chans, 4 * p, 6 * p), seed=0)
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example, check_trace=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.jit.save(traced, str(tmp))
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape checks in Python become constants of the trace (harmless here: the parity
+        # check below runs other sizes); torch.jit is deprecated in recent PyTorch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
+        traced = torch.jit.trace(module, example, check_trace=False)
+        torch.jit.save(traced, str(tmp))
+        loaded = torch.jit.load(str(tmp)) if check else None
     report = {"path": str(path), "format": "torchscript", "outputs": module.names}
-    if check:
-        loaded = torch.jit.load(str(tmp))
+    if loaded is not None:
         shapes = parity_shapes(model)
 
         def run(x):

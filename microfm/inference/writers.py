@@ -131,7 +131,7 @@ def concat_tables(tables: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
 def write_csv(
     path: str | os.PathLike, columns: Mapping[str, Sequence], header: Sequence[str] | None = None
 ) -> None:
-    """A CSV of equal-length columns, atomically (floats with 6 significant digits)."""
+    """A CSV of equal-length columns, atomically (floats with 10 significant digits)."""
     names = list(header or columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -153,7 +153,7 @@ def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) ->
 
 def _fmt(value) -> str:
     if isinstance(value, (float, np.floating)):
-        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+        return "" if not np.isfinite(value) else f"{float(value):.10g}"
     if isinstance(value, np.integer):
         return str(int(value))
     return str(value)
