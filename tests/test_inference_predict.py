@@ -188,6 +188,10 @@ def test_unreadable_inputs_are_reported_and_skipped(model, tmp_path):
     assert "b.tif" in outcome.failed[0][1]
     with pytest.raises(DataError, match="no image file"):
         find_inputs(str(tmp_path / "nothing*.tif"))
+    # results written next to the inputs are not taken for inputs on the next run
+    outcome = predict_files(predictor, find_inputs(folder, exclude=folder), folder, progress=False)
+    assert outcome.done == ["a"] and (folder / "a_cellseg_labels.tif").is_file()
+    assert list(find_inputs(folder, exclude=folder)) == ["a", "b", "c"]
 
 
 def test_predict_console_script(trained_run, tmp_path):  # noqa: F811

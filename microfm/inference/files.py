@@ -6,6 +6,7 @@ import csv
 import glob
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,8 @@ def find_inputs(
 ) -> dict[str, Path]:
     """``{name: path}`` of the images to predict: a file, a folder (its images and ``.zarr``
     stores; sub-folders with ``recursive``, kept in the names), a glob pattern, or a list of
-    them. Files inside ``exclude`` (the output folder) are left out.
+    them. microfm's own results inside ``exclude`` (the output folder, which may be the input
+    folder) are left out.
     """
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     found: dict[str, Path] = {}
@@ -67,8 +69,7 @@ def find_inputs(
             if not paths:
                 raise DataError(f"input: no image file matches {s}")
         if exclude is not None:
-            out = exclude.resolve()
-            paths = [p for p in paths if out not in p.resolve().parents]
+            paths = [p for p in paths if not is_result(p, exclude)]
         for name, p in by_stem(paths, root=root).items():
             if name in found and found[name] != p:
                 raise DataError(f"input: two images are named {name!r}: {found[name]} and {p}")
@@ -76,6 +77,17 @@ def find_inputs(
     if not found:
         raise DataError(f"input: no image files in {spec}")
     return found
+
+
+_RESULT = re.compile(r"_[A-Za-z0-9]+_(labels|dist|probabilities|depth|overlay|prediction)$")
+
+
+def is_result(path: Path, output: Path) -> bool:
+    """Whether ``path`` is a result microfm-predict wrote into ``output``."""
+    from microfm.data.io import image_stem
+
+    inside = Path(output).resolve() in Path(path).resolve().parents
+    return inside and bool(_RESULT.search(image_stem(path)))
 
 
 def existing_outputs(output: Path, name: str, tasks: Sequence[str]) -> list[Path]:
