@@ -68,6 +68,13 @@ def run_eval(cfg: DictConfig) -> dict:
         for name, task in model.tasks.items():
             if getattr(task, "label_key", "") == "instances":
                 grid = cfg.grid if cfg.grid is not None else task.search
+                if grid is None:
+                    from microfm.errors import ConfigError
+
+                    raise ConfigError(
+                        "threshold_search=true but grid is null and the checkpoint's task has "
+                        "no threshold_search grid: give grid={cells_max:[...],cell_fill:[...]}"
+                    )
                 grids[name] = OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else grid
         chosen = search_thresholds(
             predictor, dm.datasets[cfg.val_split], grids, cfg.val_split, progress
