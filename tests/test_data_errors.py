@@ -86,7 +86,10 @@ def test_channel_index_and_channel_count(tmp_path):
 def test_fewer_images_than_batch_and_missing_root(tmp_path):
     root = make_folder(tmp_path / "d", n=3, size=32)
     with pytest.raises(ConfigError, match="data.batch_size=8"):
-        _dm(root, tmp_path, batch_size=8).setup()
+        _dm(root, tmp_path, batch_size=8).setup("fit")
+    dm = _dm(root, tmp_path, batch_size=8)
+    dm.setup("test")  # evaluating a small dataset never needs a full training batch
+    assert sum(len(ds) for ds in dm.datasets.values()) == 3
     with pytest.raises(DataError, match="data.root: not found"):
         _dm(tmp_path / "nowhere", tmp_path).setup()
     (tmp_path / "nolabels" / "images").mkdir(parents=True)

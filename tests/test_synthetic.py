@@ -107,4 +107,4 @@ def test_batch_larger_than_dataset_is_an_error():
         n_train=4, n_val=2, n_test=2, image_size=32, batch_size=8, num_workers=0
     )
     with pytest.raises(ConfigError, match="data.batch_size=8"):
-        dm.setup()
+        dm.setup("fit")

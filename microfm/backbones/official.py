@@ -26,19 +26,47 @@ from torch import nn
 DINOV2_INTERPOLATE_OFFSET = 0.1
 
 
+def _cubic_weights(t: torch.Tensor, a: float = -0.75) -> torch.Tensor:
+    """PyTorch's bicubic convolution weights (A = -0.75) of the 4 taps around ``t`` in [0, 1)."""
+    x = torch.stack([t + 1, t, 1 - t, 2 - t], dim=-1)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x <= 1, near, far)
+
+
+def _resize_matrix(n: int, m: int, scale: torch.Tensor) -> torch.Tensor:
+    """(n, m) matrix of 1-D bicubic resampling from ``m`` to ``n`` samples, reading source
+    coordinate ``(i + 0.5) * scale - 0.5`` for output ``i`` with edge-clamped taps: row by row
+    what ``F.interpolate(mode="bicubic", align_corners=False)`` computes."""
+    src = (torch.arange(n, dtype=torch.float32) + 0.5) * scale - 0.5
+    first = torch.floor(src)
+    weights = _cubic_weights(src - first)  # (n, 4)
+    taps = (first.long()[:, None] + torch.arange(-1, 3)).clamp(0, m - 1)  # (n, 4)
+    return (weights[..., None] * F.one_hot(taps, m).float()).sum(1)
+
+
 def dinov2_resize_pos_embed(patch_pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Resize (1, M*M, D) patch position embeddings to an ``h``×``w`` grid the way the official
-    DINOv2 ``interpolate_pos_encoding`` does (returned as (1, h*w, D), in the input dtype)."""
+    DINOv2 ``interpolate_pos_encoding`` does (returned as (1, h*w, D), in the input dtype):
+    bicubic by a scale factor of ``(n + 0.1) / M`` without antialiasing, and unchanged on the
+    native M×M grid.
+
+    Written as two resampling matrices rather than ``F.interpolate(scale_factor=...)`` and a
+    size test, so that one exported graph (ONNX, dynamic height and width) serves every size:
+    on the native grid the source coordinates are the targets and the matrices are identities.
+    """
     n, dim = patch_pos.shape[1], patch_pos.shape[2]
     m = math.isqrt(n)
     if m * m != n:
         raise ValueError(f"position embeddings of {n} patches are not a square grid")
-    if (h, w) == (m, m):
-        return patch_pos
-    grid = patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
-    scale = ((h + DINOV2_INTERPOLATE_OFFSET) / m, (w + DINOV2_INTERPOLATE_OFFSET) / m)
-    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
+    size = torch.stack([torch.scalar_tensor(h), torch.scalar_tensor(w)]).float()
+    native = (size == m).all()
+    scales = torch.where(native, torch.ones(2), m / (size + DINOV2_INTERPOLATE_OFFSET))
+    rows = _resize_matrix(h, m, scales[0]).to(patch_pos.device)
+    cols = _resize_matrix(w, m, scales[1]).to(patch_pos.device)
+    grid = patch_pos.float().reshape(m, m, dim)
+    out = torch.einsum("hm,mnd,wn->hwd", rows, grid, cols)
+    return out.reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
 class DINOv2PosEmbedViT(VisionTransformer):

@@ -103,7 +103,8 @@ class MicroscopyDataModule(L.LightningDataModule):
             return
         datasets = self.build_datasets()
         train = datasets.get("train")
-        if train is not None and len(train) < self.batch_size:
+        # only training needs a full batch; evaluation and feature extraction never batch it
+        if stage == "fit" and train is not None and len(train) < self.batch_size:
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the training set "
                 f"({len(train)} samples): lower data.batch_size or add data"

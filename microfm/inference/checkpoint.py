@@ -115,10 +115,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"ckpt: file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
-            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})"
+            f"{path}: cannot read checkpoint safely (weights_only=True; microfm never unpickles "
+            f"code from a checkpoint): {type(exc).__name__}: {exc}"
         ) from None
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise WeightsError(f"{path}: not a Lightning checkpoint (no 'state_dict')")

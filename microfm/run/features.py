@@ -28,19 +28,13 @@ SPLITS = ("train", "val", "test")
 
 
 def _checkpoint_config(path: str) -> dict:
-    import torch
+    """The run config stored in a microfm checkpoint (read without unpickling code)."""
+    from microfm.backbones.weights import read_microfm_config
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightsError(f"ckpt: file not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:
-        raise WeightsError(f"ckpt: {p} is not a readable checkpoint ({exc})") from None
-    config = ((ckpt.get("microfm") or {}) if isinstance(ckpt, dict) else {}).get("config")
-    if not config or "backbone" not in config:
-        raise WeightsError(f"ckpt: {p} holds no microfm config (not written by microfm-train?)")
-    return config
+    return read_microfm_config(p)["config"]
 
 
 def dataset_name(cfg: DictConfig) -> str:

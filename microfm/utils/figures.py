@@ -11,21 +11,46 @@ import numpy as np
 from microfm.utils.io import atomic_write_bytes
 
 
-def _pyplot():
-    import matplotlib
+class _Figures:
+    """The part of ``pyplot`` the figure writers use, without pyplot's global state.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Figures are plain :class:`matplotlib.figure.Figure` objects rendered by Agg, so writing
+    run figures never switches the user's backend (a notebook keeps showing its own plots)
+    and never needs a display.
+    """
 
-    return plt
+    @staticmethod
+    def figure(**kwargs):
+        from matplotlib.figure import Figure
+
+        return Figure(**kwargs)
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, **kwargs):
+        fig_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi", "layout") if k in kwargs}
+        fig = self.figure(**fig_kw)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    @staticmethod
+    def get_cmap(name: str):
+        import matplotlib
+
+        return matplotlib.colormaps[name]
+
+    @property
+    def Rectangle(self):  # noqa: N802 - mirrors pyplot's name
+        from matplotlib.patches import Rectangle
+
+        return Rectangle
+
+
+def _pyplot() -> _Figures:
+    return _Figures()
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    """Save and close a matplotlib figure atomically."""
-    plt = _pyplot()
+    """Save a matplotlib figure atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
