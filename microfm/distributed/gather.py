@@ -31,9 +31,13 @@ def all_gather_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed() or world_size() == 1:
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    with warnings.catch_warnings():  # recent torch marks it deprecated; it is still the public
+        warnings.simplefilter("ignore", FutureWarning)  # autograd-aware gather
+        return torch.cat(all_gather(x), dim=0)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ batch; Sinkhorn–Knopp balances the assignments over the global batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,10 +18,22 @@ from microfm.distributed.gather import all_reduce_sum
 CENTERINGS = ("mean", "sinkhorn")
 
 
+def _all_logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the rows (dim 0) of ``x`` on every process together: (1, K)."""
+    if x.shape[0]:
+        m = x.amax(dim=0, keepdim=True)
+    else:
+        m = torch.full((1, x.shape[1]), -torch.inf, dtype=x.dtype, device=x.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+    return m + all_reduce_sum(torch.exp(x - m).sum(dim=0, keepdim=True)).log()
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
     """Teacher assignments (M, K) balanced over the prototypes by Sinkhorn–Knopp, over the rows
-    of every process together (the DINOv2 ``sinkhorn_knopp_teacher``).
+    of every process together: DINOv2's ``sinkhorn_knopp_teacher``, computed in the log domain
+    (the same result, without overflow or underflow at low temperatures).
 
     Args:
         logits: teacher logits (M, K) of this process (M may differ between processes).
@@ -34,22 +48,14 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
         >>> torch.allclose(q.sum(1), torch.ones(6))
         True
     """
-    logits = logits.float()
-    # subtracting the global maximum leaves the result unchanged and avoids overflow
-    shift = logits.max().detach()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX)
-    Q = torch.exp((logits - shift) / temperature).t()  # K x M
-    K = Q.shape[0]
-    B = all_reduce_sum(torch.tensor(float(Q.shape[1]), device=Q.device))
-    Q = Q / all_reduce_sum(Q.sum())
+    log_q = logits.float() / temperature
+    K = log_q.shape[1]
+    B = all_reduce_sum(torch.tensor(float(log_q.shape[0]), device=log_q.device))
+    log_k, log_b = math.log(K), torch.log(B)
     for _ in range(int(iterations)):
-        Q = Q / all_reduce_sum(Q.sum(dim=1, keepdim=True))
-        Q = Q / K
-        Q = Q / Q.sum(dim=0, keepdim=True)
-        Q = Q / B
-    Q = Q * B
-    return Q.t()
+        log_q = log_q - _all_logsumexp_rows(log_q) - log_k  # each prototype: total 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_b  # each row: 1/B
+    return torch.exp(log_q + log_b)
 
 
 class TeacherCentering(nn.Module):
