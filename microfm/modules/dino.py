@@ -3,6 +3,7 @@ KoLeo), from scratch or continued from released weights."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,9 @@ from microfm.modules.ema import cosine_momentum, ema_update, teacher_copy
 from microfm.modules.optim import OptimConfig
 from microfm.modules.ssl_base import SSLModule, resolve_steps
 from microfm.transforms.multicrop import MultiCrop
+
+# the EMA teacher is in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class DINOModule(SSLModule):
@@ -258,7 +262,8 @@ class DINOModule(SSLModule):
         self.dino_loss.update_center()
         self.ibot_loss.update_center()
         self.ema_updates += 1
-        self.log(f"train/{self.name}/momentum", m)
+        if self._trainer is not None:
+            self.log(f"train/{self.name}/momentum", m)
 
 
 class _ParamHolder(nn.Module):
