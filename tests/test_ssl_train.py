@@ -137,3 +137,57 @@ def test_mae_on_the_unlabelled_em_stack(shared, tmp_path):
     assert metrics["val/loss"] > 0
     saved = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
     assert saved["backbone_export"].endswith("backbone.pth")
+
+
+@pytest.mark.slow
+def test_two_process_dino_matches_one_process(tmp_path):
+    """A 2-process DDP (gloo) DINO run through cluster=local computes the gradients of the
+    single-process run on the same global batch (views depend on the sample, not the process),
+    its center (all-reduced) follows, and the run ends with the same losses. iBOT is off (its
+    random masks are drawn per process) and so is KoLeo (at initialisation the class tokens of
+    a random ViT nearly coincide and -log(distance) amplifies rounding; its gathered path is
+    tested in test_ssl_distributed)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TINY
+    from tests.test_distributed import grads_callback
+
+    common = [
+        *TINY,
+        *DINO,
+        *PROBE,
+        "data.n_train=16",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "task.ibot_weight=0",
+        "task.koleo_weight=0",
+        f"results_root={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "microfm.cli.train", *common, "cluster=local"]
+    cmd += ["trainer.devices=2", "experiment_id=ddp", *grads_callback(tmp_path / "ddp.pt")]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    single = train(compose([*common, "experiment_id=single", *grads_callback(tmp_path / "1.pt")]))
+
+    ddp_grads, single_grads = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "1.pt")
+    assert set(ddp_grads) == set(single_grads) and len(single_grads) > 50
+    for name, grad in single_grads.items():
+        # the backbone's gradients are tiny sums that nearly cancel (the class tokens of a
+        # random ViT barely depend on the image): compare relative to each tensor's scale
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(ddp_grads[name], grad, rtol=0, atol=1e-2 * scale + 1e-12)
+    head = [n for n in single_grads if n.startswith("head.")]
+    for name in head:
+        torch.testing.assert_close(ddp_grads[name], single_grads[name], rtol=1e-4, atol=1e-6)
+    ddp = json.loads((tmp_path / "ssl" / "ddp_j0" / "metrics.json").read_text())
+    assert ddp["global_step"] == single["global_step"] == 4
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-3)
+    a = torch.load(tmp_path / "ssl" / "ddp_j0" / "ckpts" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "ssl" / "single" / "ckpts" / "last.ckpt", weights_only=False)
+    key = "dino_loss.centering.center"
+    assert b["state_dict"][key].abs().max() > 1e-3
+    torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-2, atol=1e-4)

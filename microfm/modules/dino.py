@@ -104,8 +104,8 @@ class DINOModule(SSLModule):
         self.head = head
         self.ibot_head = ibot_head
         D = int(backbone.embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
-        nn.init.normal_(self.mask_token, std=0.02)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D), requires_grad=ibot_weight > 0)
+        nn.init.normal_(self.mask_token, std=0.02)  # unused without iBOT: no gradient (DDP)
         teacher = {"backbone": backbone, "head": head}
         if ibot_head is not None:
             teacher["ibot_head"] = ibot_head
