@@ -202,3 +202,21 @@ def test_knn_predict_equals_scikit_learn():
         torch.from_numpy(bank), torch.from_numpy(labels), torch.from_numpy(queries), 7, T
     )
     np.testing.assert_array_equal(ours.numpy(), clf.predict(queries))
+
+
+def test_teacher_temperature_warm_up():
+    module = _dino(warmup_teacher_temp=0.04, teacher_temp=0.07, teacher_temp_warmup=0.3)
+    module._trainer = None  # outside a Trainer: 1000 total steps
+    temps = [module.teacher_temp(s) for s in (0, 150, 300, 900)]
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
+
+
+def test_knn_probe_must_match_the_data_channels():
+    from microfm.callbacks import KNNMonitor
+    from microfm.data import SyntheticDataModule
+
+    probe = SyntheticDataModule(n_train=8, n_val=4, n_test=1, image_size=32)
+    module = _dino(in_chans=3, bb_chans=1, views_kw={"channel_mode": "average"})
+    with pytest.raises(ConfigError, match="callbacks.knn.probe delivers 1-channel"):
+        KNNMonitor(probe).on_fit_start(None, module)
+    KNNMonitor(probe).on_fit_start(None, _dino())  # 1-channel data: fine
