@@ -1,5 +1,6 @@
 """The ``task`` config node -> tasks and their loss weighting (one task, or ``task=multitask``
-with ``task.tasks`` choosing among ``task.specs``)."""
+with ``task.tasks`` choosing among ``task.specs``); self-supervised task nodes build their
+LightningModule directly (see :func:`is_self_supervised`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ def _check_classes(node: DictConfig, key: str) -> None:
             f"{key}.num_classes is not set: the data config does not define the class count "
             f"(data.num_classes); set {key}.num_classes=K"
         )
+
+
+def is_self_supervised(cfg: DictConfig) -> bool:
+    """``task_type: ssl``: the task node instantiates a self-supervised LightningModule
+    (``task=mae``, ``task=dino``) from the backbone and optimiser settings."""
+    return cfg.get("task_type") == "ssl"
 
 
 def is_multitask(node: DictConfig) -> bool:

@@ -34,7 +34,7 @@ from microfm.run.build import (
 from microfm.run.checkpoint_io import AtomicCheckpointIO
 from microfm.run.info import write_run_info
 from microfm.run.loggers import finish_loggers, log_config
-from microfm.run.tasks import build_tasks
+from microfm.run.tasks import build_tasks, is_self_supervised
 from microfm.utils.io import atomic_write_text, update_json
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,16 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resume_path(cfg.get("resume"), run_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    tasks, weighting = build_tasks(cfg.task)
+    ssl = is_self_supervised(cfg)
+    tasks, weighting = ([], None) if ssl else build_tasks(cfg.task)
     datamodule = build(cfg.data, "data", augment=build(cfg.augment, "augment"))
     backbone = build(cfg.backbone, "backbone")
     finetune = build(cfg.finetune, "finetune").apply(backbone)
-    module = SupervisedModule(backbone, tasks, optim=build(cfg.optim, "optim"), weighting=weighting)
+    optim = build(cfg.optim, "optim")
+    if ssl:  # a self-supervised task's config is its LightningModule (MAE, DINO)
+        module = build(cfg.task, "task", backbone=backbone, optim=optim)
+    else:
+        module = SupervisedModule(backbone, tasks, optim=optim, weighting=weighting)
     datamodule.setup("fit")
     use_dataset_statistics(backbone, datamodule)
 

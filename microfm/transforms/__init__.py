@@ -1,4 +1,5 @@
-"""Transforms: intensity normalisation, crops, joint augmentation, training targets."""
+"""Transforms: intensity normalisation, crops, joint augmentation, training targets, multi-crop
+views for self-supervised learning."""
 
 from microfm.transforms.augment import DenseAugment
 from microfm.transforms.intensity import (
@@ -8,10 +9,12 @@ from microfm.transforms.intensity import (
     minmax_normalize,
     percentile_normalize,
 )
+from microfm.transforms.multicrop import MultiCrop
 from microfm.transforms.targets import distance_map
 
 __all__ = [
     "DenseAugment",
+    "MultiCrop",
     "Normalizer",
     "clahe",
     "distance_map",
