@@ -79,6 +79,10 @@ def test_pretrain_then_finetune_with_the_exported_backbone(tiny_overrides, tmp_p
     assert metrics["finetune_applied"] == "lora"  # pretrained weights: the task's LoRA default
     loaded = build_backbone("vit_test", weights=str(weights), in_chans=1)
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in exported.items())
+    # the Lightning checkpoint itself works as weights too: the teacher, not the student
+    from_ckpt = build_backbone("vit_test", weights=str(weights.parent / "last.ckpt"), in_chans=1)
+    assert from_ckpt.weights_format == "DINO teacher"
+    assert all(torch.equal(from_ckpt.model.state_dict()[k], v) for k, v in teacher.items())
 
 
 def test_continued_pretraining_from_weights_through_lora(tiny_overrides, tmp_path):

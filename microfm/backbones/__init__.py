@@ -120,8 +120,11 @@ def build_backbone(
     use_official_semantics(model, dinov2_pos_embed="dinov2" in spec.timm_name)
     path = resolve_weights(name, spec, weights, sha256)
     stored_norm: dict = {}
+    weights_format = None
     if path is not None:
-        _, stored_norm = load_into(model, path, channel_mode=channel_mode, channel_adapter=adapter)
+        weights_format, stored_norm = load_into(
+            model, path, channel_mode=channel_mode, channel_adapter=adapter
+        )
     elif require_pretrained:
         raise WeightsError(
             f"backbone.require_pretrained=true but no weights were found for {name}: set "
@@ -155,6 +158,7 @@ def build_backbone(
         norm_stats=norm_stats,
         weights_path=str(path) if path is not None else None,
     )
+    backbone.weights_format = weights_format  # e.g. "official DINOv2" (None: random weights)
     # a microfm checkpoint's own input statistics, unless the caller gives them
     same_shape = stored_norm and stored_norm["mean"].shape == backbone.mean.shape
     if same_shape and mean is None and std is None:

@@ -77,6 +77,7 @@ class Backbone(nn.Module):
         self.patch_multiple = patch_multiple
         self.norm_stats = norm_stats
         self.weights_path = weights_path
+        self.weights_format: str | None = None  # set by build_backbone when weights are loaded
         self.name = name
         self.patch_size = int(patch_size)
         self.embed_dim = int(model.embed_dim)
