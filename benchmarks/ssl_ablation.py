@@ -12,7 +12,7 @@
 3. Print the test metrics side by side as a markdown table (mean over seeds, and per seed).
 
     flock /tmp/microfm-cpu.lock python benchmarks/ssl_ablation.py /work/shared \\
-        --results /tmp/microfm-ssl-ablation
+        --results /tmp/microfm-ssl-ablation [--resume]
 
 Every command is printed; the table is also written to ``<results>/table.md``.
 """
@@ -61,7 +61,20 @@ PROTOCOLS = {
 KEYS = ("fg_iou", "fg_dice", "miou")
 
 
-def run(overrides: list[str], results: Path, name: str) -> tuple[dict, float]:
+def finished(results: Path, name: str, max_epochs: int) -> dict | None:
+    """The metrics of a run that already ran to the end (tested, or all its epochs done)."""
+    for path in results.glob(f"*/{name}/metrics.json"):
+        metrics = json.loads(path.read_text())
+        if any(k.startswith("test/") for k in metrics) or metrics.get("epoch") == max_epochs - 1:
+            return metrics
+    return None
+
+
+def run(overrides: list[str], results: Path, name: str, resume: bool) -> tuple[dict, float]:
+    epochs = next(int(o.split("=")[1]) for o in overrides if o.startswith("trainer.max_epochs="))
+    if resume and (metrics := finished(results, name, epochs)) is not None:
+        print(f"# {name}: already finished, reusing {results}/*/{name}/metrics.json", flush=True)
+        return metrics, float(metrics.get("train_seconds", float("nan")))
     cmd = [
         sys.executable,
         "-m",
@@ -87,6 +100,9 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--finetune-steps", type=int, default=80)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse runs of --results that already finished"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     em = args.shared / "data" / "drosophila_vnc_em"
@@ -109,6 +125,7 @@ def main() -> None:
             ],
             args.results,
             f"pretrain_{method}",
+            args.resume,
         )
         weights[method.upper()] = metrics["backbone_export"]
         timings[f"pretrain {method.upper()}"] = seconds
@@ -140,6 +157,7 @@ def main() -> None:
                     ],
                     args.results,
                     name,
+                    args.resume,
                 )
                 rows.setdefault((protocol, init), []).append(metrics)
                 timings[name] = seconds
