@@ -84,7 +84,7 @@ def _check(args: argparse.Namespace) -> None:
     check_settings(cfg)
     # the data alone: whether they suit a task's targets is checked when training starts
     dm = build(cfg.data, "data", augment=None, targets=[])
-    dm.setup()
+    dm.setup("fit")  # the checks training runs, the batch size against the training set included
     root = getattr(dm, "root", None)
     print(f"{type(dm).__name__}" + (f" at {root}" if root is not None else ""))
     for line in describe(dm):
