@@ -42,7 +42,7 @@ class SyntheticDataModule(MicroscopyDataModule):
 
     def __init__(
         self,
-        n_train: int = 256,
+        n_train: int = 128,
         n_val: int = 32,
         n_test: int = 32,
         image_size: int = 128,
