@@ -122,3 +122,25 @@ def test_wheel_bundles_configs(tmp_path):
         check=True,
     )
     assert Path(out.stdout.strip()) == target / "microfm" / "conf"
+
+
+def test_composing_a_config_imports_neither_torch_nor_lightning(tmp_path):
+    """The class-name resolver reads the dataset folder without the DataModules, so config
+    composition (and a features-cache hit) stays fast."""
+    (tmp_path / "G1").mkdir()
+    (tmp_path / "G2").mkdir()
+    for cls in ("G1", "G2"):
+        (tmp_path / cls / "a.png").write_bytes(b"")
+    code = (
+        "import sys\n"
+        "from microfm.run.config import compose\n"
+        f"cfg = compose(['task=classify', 'data=classification', 'data.root={tmp_path}'])\n"
+        "assert list(cfg.data.class_names) == ['G1', 'G2'], cfg.data.class_names\n"
+        "assert cfg.data.num_classes == 2\n"
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -10,7 +10,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -71,6 +70,8 @@ def build(node: DictConfig | None, key: str, **kwargs: Any) -> Any:
 
 
 def on_gpu(accelerator: str) -> bool:
+    import torch  # here, not at import: composing configs and cache hits stay torch-free
+
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
@@ -80,6 +81,8 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     if precision != "auto":
         return precision
     if on_gpu(accelerator):
+        import torch
+
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 

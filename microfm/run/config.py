@@ -40,7 +40,7 @@ def _class_names(*, _parent_) -> list[str]:
 
     if OmegaConf.is_missing(_parent_, "root") or _parent_.get("root") is None:
         return []
-    from microfm.data.classification import discover_class_names
+    from microfm.data.class_names import discover_class_names
     from microfm.errors import DataError
 
     try:  # problems with the data are reported, naming the file, when the data are built

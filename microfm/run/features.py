@@ -146,8 +146,6 @@ def build_source(cfg: DictConfig):
 def compute_features(cfg: DictConfig) -> tuple[FeatureSet, dict]:
     """The features of ``cfg`` (from the cache when there), and facts about the run
     (``cached``, ``seconds``, ``key``)."""
-    from microfm.analysis.features import extract_features
-
     check_features_config(cfg)
     ext = cfg.extract
     key, parts = features_key(cfg)
@@ -162,6 +160,7 @@ def compute_features(cfg: DictConfig) -> tuple[FeatureSet, dict]:
     datasets = {s: dm.datasets[s] for s in ext.splits if s in dm.datasets}
     if not datasets:
         raise ConfigError(f"extract.splits={list(ext.splits)}: the dataset has none of them")
+    from microfm.analysis.features import extract_features  # torch: only when extracting
     from microfm.data.datamodule import resolve_num_workers
 
     name = dataset_name(cfg)
