@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from microfm.analysis.knn import knn_predict
 from microfm.backbones import build_backbone
 from microfm.callbacks.export import save_state_dict
-from microfm.callbacks.knn import knn_predict
 from microfm.errors import ConfigError
 from microfm.finetune import apply_lora
 from microfm.heads import DINOHead, MAEDecoder
@@ -198,10 +198,8 @@ def test_knn_predict_equals_scikit_learn():
     clf = KNeighborsClassifier(
         n_neighbors=7, metric="cosine", weights=lambda d: np.exp((1 - d) / T), algorithm="brute"
     ).fit(bank, labels)
-    ours = knn_predict(
-        torch.from_numpy(bank), torch.from_numpy(labels), torch.from_numpy(queries), 7, T
-    )
-    np.testing.assert_array_equal(ours.numpy(), clf.predict(queries))
+    ours = knn_predict(bank, labels, queries, 7, T)
+    np.testing.assert_array_equal(ours, clf.predict(queries))
 
 
 def test_teacher_temperature_warm_up():

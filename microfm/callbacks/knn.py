@@ -8,45 +8,13 @@ import logging
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from microfm.analysis.knn import knn_predict
+from microfm.analysis.scores import classification_scores
 from microfm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def knn_predict(
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    queries: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-) -> torch.Tensor:
-    """Weighted kNN on L2-normalised features: each of the ``k`` most cosine-similar bank
-    samples votes for its class with weight ``exp(similarity / temperature)``.
-
-    Args:
-        bank: (N, D) features with labels ``bank_labels`` (N,).
-        queries: (Q, D) features.
-
-    Returns:
-        (Q,) predicted labels.
-
-    Example:
-        >>> bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-        >>> knn_predict(bank, torch.tensor([0, 0, 1]), torch.tensor([[0.1, 1.0]]), k=1)
-        tensor([1])
-    """
-    bank = F.normalize(bank.float(), dim=-1)
-    queries = F.normalize(queries.float(), dim=-1)
-    C = int(num_classes if num_classes is not None else int(bank_labels.max()) + 1)
-    k = min(int(k), bank.shape[0])
-    sim, idx = (queries @ bank.t()).topk(k, dim=1)
-    votes = torch.zeros(queries.shape[0], C, dtype=sim.dtype)
-    votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
-    return votes.argmax(dim=1)
 
 
 def _center_crop(images: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -87,6 +55,10 @@ class KNNMonitor(L.Callback):
         every_n_epochs: int = 1,
         batch_size: int = 64,
     ) -> None:
+        if int(k) < 1 or float(temperature) <= 0:
+            raise ConfigError(
+                f"callbacks.knn: k must be >= 1 and temperature > 0, got {k} and {temperature}"
+            )
         self.probe = probe
         self.k = int(k)
         self.temperature = float(temperature)
@@ -130,9 +102,7 @@ class KNNMonitor(L.Callback):
         queries = "val" if "val" in self.probe.datasets else "test"
         bank, bank_labels = self._features(pl_module, "train")
         q, q_labels = self._features(pl_module, queries)
-        C = int(max(bank_labels.max(), q_labels.max())) + 1
-        pred = knn_predict(bank, bank_labels, q, self.k, self.temperature, C)
-        correct = (pred == q_labels).float()
-        per_class = [correct[q_labels == c].mean() for c in range(C) if (q_labels == c).any()]
-        pl_module.log("val/knn/acc", correct.mean())
-        pl_module.log("val/knn/balanced_acc", torch.stack(per_class).mean())
+        pred = knn_predict(bank.numpy(), bank_labels.numpy(), q.numpy(), self.k, self.temperature)
+        scores = classification_scores(q_labels.numpy(), pred)
+        pl_module.log("val/knn/acc", scores["accuracy"])
+        pl_module.log("val/knn/balanced_acc", scores["balanced_accuracy"])
