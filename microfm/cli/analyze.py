@@ -10,33 +10,19 @@ microfm-analyze -m analysis=pca,umap,knn features=...    # several analyses
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
-
-log = logging.getLogger("microfm")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="analyze", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     from microfm.run.analyze import analyze  # heavy imports after argument parsing
 
-    try:
+    with user_errors("microfm-analyze", multirun=True):
         metrics = analyze(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        print(f"microfm-analyze: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     prefix = f"{cfg.analysis.name}/"
     for key, value in sorted(metrics.items()):
         if key.startswith(prefix):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
+from microfm.cli import user_errors
 from microfm.errors import MicrofmError
 
 
@@ -138,11 +138,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     args = parser().parse_args(argv)
-    try:
+    with user_errors(
+        "microfm-data", errors=(MicrofmError, HydraException, OmegaConfBaseException), logged=False
+    ):
         args.func(args)
-    except (MicrofmError, HydraException, OmegaConfBaseException) as exc:
-        print(f"microfm-data: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ microfm-eval ckpt=best.ckpt data=folder data.root=/data/bbbc039 split=test outpu
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
 
 log = logging.getLogger("microfm")
@@ -107,12 +106,8 @@ def run_eval(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with user_errors("microfm-eval"):
         run_eval(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        print(f"microfm-eval: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

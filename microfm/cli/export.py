@@ -7,13 +7,12 @@ microfm-export ckpt=RUN/ckpts/best.ckpt format=torchscript    # RUN/ckpts/best.t
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
 
 log = logging.getLogger("microfm")
@@ -61,12 +60,8 @@ def run_export(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(config_dir()), config_name="export", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with user_errors("microfm-export"):
         run_export(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        print(f"microfm-export: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

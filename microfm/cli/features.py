@@ -7,28 +7,19 @@ microfm-features backbone=vit_test data=synthetic extract.layers=[1,2] extract.m
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
-
-log = logging.getLogger("microfm")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="features", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from microfm.run.features import features  # heavy imports after argument parsing
 
-    try:
+    with user_errors("microfm-features"):
         metrics = features(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        print(f"microfm-features: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"{metrics['features/images']} images -> {cfg.run_dir}/features.npz")
 
 

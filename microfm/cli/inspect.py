@@ -8,12 +8,11 @@ microfm-inspect backbone=dinov3_vit7b16 finetune=lora    # on the meta device: n
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
 
 
@@ -22,11 +21,8 @@ def _main(cfg: DictConfig) -> None:
     from microfm.run.inspect import run_inspect
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
+    with user_errors("microfm-inspect", logged=False):
         run_inspect(cfg)
-    except MicrofmError as exc:
-        print(f"microfm-inspect: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
 
 log = logging.getLogger("microfm")
@@ -84,12 +84,8 @@ def predict(cfg: DictConfig) -> int:
 
 @hydra.main(config_path=str(config_dir()), config_name="predict", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with user_errors("microfm-predict"):
         status = predict(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        print(f"microfm-predict: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     if status:
         raise SystemExit(status)
 

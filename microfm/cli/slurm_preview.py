@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 
 
 @contextlib.contextmanager
@@ -104,11 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     show_launcher = "--launcher" in args
     args = [a for a in args if a != "--launcher"]
-    try:
+    with user_errors("microfm-slurm-preview", logged=False):
         script, jobs = preview(args, launcher=show_launcher)
-    except MicrofmError as exc:
-        print(f"microfm-slurm-preview: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(
         f"# {len(jobs)} job(s), submitted as {'a job array' if len(jobs) > 1 else 'one job'}:",
         file=sys.stderr,

@@ -7,13 +7,12 @@ microfm-summarize results_root=results metrics=[test/cellseg/op_csb,eval/cellseg
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from microfm.errors import MicrofmError
+from microfm.cli import user_errors
 from microfm.run.config import config_dir
 
 log = logging.getLogger("microfm")
@@ -36,14 +35,10 @@ def _main(cfg: DictConfig) -> None:
     metrics = list(cfg.metrics) if OmegaConf.is_list(cfg.metrics) else cfg.metrics
     if isinstance(metrics, str):
         metrics = [metrics]
-    try:
+    with user_errors("microfm-summarize"):
         rows, plots = summarize(
             cfg.results_root, summary_dir(cfg.results_root, cfg.output), metrics
         )
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        print(f"microfm-summarize: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     log.info(
         "%d run(s) -> %s; %d plot(s)",
         len(rows),

@@ -15,11 +15,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from microfm.cli import user_errors
 from microfm.distributed.resolvers import pin_run_stamp
-from microfm.errors import MicrofmError
 from microfm.run.config import config_dir
-
-log = logging.getLogger("microfm")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
@@ -30,18 +28,12 @@ def _main(cfg: DictConfig) -> float | None:
     # handler so each message appears once.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        metrics = train(cfg)
-    except MicrofmError as exc:
-        log.error("%s", exc)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # recorded as this job's failure; the other jobs go on
-        print(f"microfm-train: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # a failed job of a multirun is recorded as such; the other jobs go on
+        with user_errors("microfm-train", multirun=True):
+            metrics = train(cfg)
     except SIGTERMException:
         print("microfm-train: stopped by SIGTERM (resume=auto continues)", file=sys.stderr)
         raise SystemExit(143) from None
