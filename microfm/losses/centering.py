@@ -130,3 +130,32 @@ class TeacherCentering(nn.Module):
     def pending(self) -> int:
         """Number of logit rows recorded since the last update."""
         return self._count
+
+
+class CenteredTeacherLoss(nn.Module):
+    """What the DINO and iBOT losses share: the student temperature and the centering of the
+    teacher logits (each loss keeps its own centering state).
+
+    Args:
+        out_dim: number of prototypes K.
+        student_temp: student temperature.
+        centering: ``mean`` or ``sinkhorn``.
+        center_momentum: running-mean momentum.
+        sinkhorn_iterations: Sinkhorn–Knopp rounds.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        centering: str = "mean",
+        center_momentum: float = 0.9,
+        sinkhorn_iterations: int = 3,
+    ) -> None:
+        super().__init__()
+        self.student_temp = float(student_temp)
+        self.centering = TeacherCentering(out_dim, centering, center_momentum, sinkhorn_iterations)
+
+    def update_center(self) -> None:
+        """Apply the recorded teacher logits to the center (once per optimiser step)."""
+        self.centering.update()

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from microfm.losses.centering import TeacherCentering
+from microfm.losses.centering import CenteredTeacherLoss
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(CenteredTeacherLoss):
     """DINO loss over multi-crop views.
 
     For teacher views ``t`` (the global crops) and student views ``s`` (global crops first,
@@ -34,18 +33,6 @@ class DINOLoss(nn.Module):
         >>> loss(student, teacher, teacher_temp=0.04).ndim
         0
     """
-
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        centering: str = "mean",
-        center_momentum: float = 0.9,
-        sinkhorn_iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        self.student_temp = float(student_temp)
-        self.centering = TeacherCentering(out_dim, centering, center_momentum, sinkhorn_iterations)
 
     def teacher_probs(
         self, teacher_out: Sequence[torch.Tensor], teacher_temp: float, record: bool = True
@@ -83,7 +70,3 @@ class DINOLoss(nn.Module):
         if n_terms == 0:
             raise ValueError("the DINO loss needs at least two views")
         return ce[off].sum() / (n_terms * targets.shape[1])
-
-    def update_center(self) -> None:
-        """Apply the recorded teacher logits to the center (once per optimiser step)."""
-        self.centering.update()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from microfm.losses.centering import TeacherCentering
+from microfm.losses.centering import CenteredTeacherLoss
 
 
-class IBOTPatchLoss(nn.Module):
+class IBOTPatchLoss(CenteredTeacherLoss):
     """Cross-entropy between teacher targets and student predictions at masked patches.
 
     Each image weighs the same whatever its number of masked patches: the per-patch terms of
@@ -33,18 +32,6 @@ class IBOTPatchLoss(nn.Module):
         >>> loss(s, t, mask, teacher_temp=0.04).ndim
         0
     """
-
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        centering: str = "mean",
-        center_momentum: float = 0.9,
-        sinkhorn_iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        self.student_temp = float(student_temp)
-        self.centering = TeacherCentering(out_dim, centering, center_momentum, sinkhorn_iterations)
 
     def forward(
         self,
@@ -71,7 +58,3 @@ class IBOTPatchLoss(nn.Module):
         per_image = mask.sum(dim=1, keepdim=True).clamp(min=1).to(ce.dtype)
         weight = (1.0 / per_image).expand_as(mask)[mask]
         return (ce * weight).sum() / mask.shape[0]
-
-    def update_center(self) -> None:
-        """Apply the recorded teacher logits to the center (once per optimiser step)."""
-        self.centering.update()
