@@ -132,6 +132,19 @@ def grads_callback(path) -> list[str]:
     ]
 
 
+def ddp_and_single_runs(tmp_path, common: list[str]) -> tuple[dict, dict, dict]:
+    """Train ``common`` as a 2-process DDP job through ``cluster=local`` (experiment ``ddp``)
+    and in this process (experiment ``single``); returns the single run's metrics and the
+    gradients both runs saved at their first step (DDP, single)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "microfm.cli.train", *common, "cluster=local"]
+    cmd += ["trainer.devices=2", "experiment_id=ddp", *grads_callback(tmp_path / "ddp.pt")]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    single = train(compose([*common, "experiment_id=single", *grads_callback(tmp_path / "1.pt")]))
+    return single, torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "1.pt")
+
+
 @pytest.mark.slow
 def test_two_process_run_through_cluster_local_matches_one_process(tmp_path):
     """A real 2-process DDP (gloo) job started by submitit's local executor gives the
@@ -146,14 +159,7 @@ def test_two_process_run_through_cluster_local_matches_one_process(tmp_path):
         "trainer.log_every_n_steps=1",
         f"results_root={tmp_path}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "microfm.cli.train", *common, "cluster=local"]
-    cmd += ["trainer.devices=2", "experiment_id=ddp", *grads_callback(tmp_path / "ddp.pt")]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    single = train(compose([*common, "experiment_id=single", *grads_callback(tmp_path / "1.pt")]))
-
-    ddp_grads, single_grads = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "1.pt")
+    single, ddp_grads, single_grads = ddp_and_single_runs(tmp_path, common)
     assert set(ddp_grads) == set(single_grads) and len(single_grads) > 50
     for name, grad in single_grads.items():
         torch.testing.assert_close(ddp_grads[name], grad, rtol=1e-4, atol=1e-7)

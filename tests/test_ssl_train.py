@@ -151,12 +151,8 @@ def test_two_process_dino_matches_one_process(tmp_path):
     random masks are drawn per process) and so is KoLeo (at initialisation the class tokens of
     a random ViT nearly coincide and -log(distance) amplifies rounding; its gathered path is
     tested in test_ssl_distributed)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, TINY
-    from tests.test_distributed import grads_callback
+    from tests.conftest import TINY
+    from tests.test_distributed import ddp_and_single_runs
 
     common = [
         *TINY,
@@ -170,14 +166,7 @@ def test_two_process_dino_matches_one_process(tmp_path):
         "task.koleo_weight=0",
         f"results_root={tmp_path}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "microfm.cli.train", *common, "cluster=local"]
-    cmd += ["trainer.devices=2", "experiment_id=ddp", *grads_callback(tmp_path / "ddp.pt")]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    single = train(compose([*common, "experiment_id=single", *grads_callback(tmp_path / "1.pt")]))
-
-    ddp_grads, single_grads = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "1.pt")
+    single, ddp_grads, single_grads = ddp_and_single_runs(tmp_path, common)
     assert set(ddp_grads) == set(single_grads) and len(single_grads) > 50
     for name, grad in single_grads.items():
         # the backbone's gradients are tiny sums that nearly cancel (the class tokens of a
