@@ -13,12 +13,10 @@ every run trains the same number of epochs; each tests its best checkpoint by it
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from train_runs import run_train
 
 TASKS = ("cellseg", "classify", "depth")
 KEYS = {
@@ -29,22 +27,7 @@ KEYS = {
 
 
 def run(overrides: list[str], results: Path, name: str) -> tuple[dict, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "microfm.cli.train",
-        *overrides,
-        f"results_root={results}",
-        f"experiment_id={name}",
-        "trainer.enable_progress_bar=false",
-    ]
-    print("$", "microfm-train", " ".join(cmd[3:]), flush=True)
-    start = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-4000:])
-    path = next(results.glob(f"*/{name}/metrics.json"))
-    return json.loads(path.read_text()), time.time() - start
+    return run_train([*overrides, "trainer.enable_progress_bar=false"], results, name)
 
 
 def main() -> None:

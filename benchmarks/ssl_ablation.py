@@ -23,10 +23,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from train_runs import run_train
 
 COMMON = [
     "backbone=vit_test",
@@ -75,22 +74,7 @@ def run(overrides: list[str], results: Path, name: str, resume: bool) -> tuple[d
     if resume and (metrics := finished(results, name, epochs)) is not None:
         print(f"# {name}: already finished, reusing {results}/*/{name}/metrics.json", flush=True)
         return metrics, float(metrics.get("train_seconds", float("nan")))
-    cmd = [
-        sys.executable,
-        "-m",
-        "microfm.cli.train",
-        *COMMON,
-        *overrides,
-        f"results_root={results}",
-        f"experiment_id={name}",
-    ]
-    print("$ microfm-train", " ".join(cmd[3:]), flush=True)
-    start = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-4000:])
-    path = next(results.glob(f"*/{name}/metrics.json"))
-    return json.loads(path.read_text()), time.time() - start
+    return run_train([*COMMON, *overrides], results, name)
 
 
 def main() -> None:
