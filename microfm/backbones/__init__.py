@@ -157,8 +157,8 @@ def build_backbone(
         patch_multiple=patch_multiple,
         norm_stats=norm_stats,
         weights_path=str(path) if path is not None else None,
+        weights_format=weights_format,
     )
-    backbone.weights_format = weights_format  # e.g. "official DINOv2" (None: random weights)
     # a microfm checkpoint's own input statistics, unless the caller gives them
     same_shape = stored_norm and stored_norm["mean"].shape == backbone.mean.shape
     if same_shape and mean is None and std is None:

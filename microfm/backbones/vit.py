@@ -42,6 +42,7 @@ class Backbone(nn.Module):
         norm_stats: where mean/std come from: ``pretrained`` or ``dataset`` (set by the
             trainer with :meth:`set_normalization`).
         weights_path: the weights file that was loaded.
+        weights_format: its format as recognised (e.g. ``official DINOv2``, ``DINO teacher``).
 
     Example:
         >>> from microfm.backbones import build_backbone
@@ -66,6 +67,7 @@ class Backbone(nn.Module):
         patch_multiple: str | None = None,
         norm_stats: str = "pretrained",
         weights_path: str | None = None,
+        weights_format: str | None = None,
     ) -> None:
         super().__init__()
         if patch_multiple not in PATCH_MULTIPLE_MODES:
@@ -77,7 +79,7 @@ class Backbone(nn.Module):
         self.patch_multiple = patch_multiple
         self.norm_stats = norm_stats
         self.weights_path = weights_path
-        self.weights_format: str | None = None  # set by build_backbone when weights are loaded
+        self.weights_format = weights_format
         self.name = name
         self.patch_size = int(patch_size)
         self.embed_dim = int(model.embed_dim)
