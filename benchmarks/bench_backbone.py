@@ -4,12 +4,15 @@
 2. training throughput of full fine-tuning, LoRA (r=8 on attn.qkv) and a frozen backbone with
    a linear head, and the fraction of the measured fp32 matmul peak they reach;
 3. the extra training memory (beyond the weights) of full fine-tuning vs LoRA for ViT-S/16 and
-   ViT-B/16, and of a ViT-B/16 LoRA step with and without gradient checkpointing, with its
-   step time.
+   ViT-B/16, and of a ViT-B/16 LoRA step without and with gradient checkpointing (selective
+   and full), with the step times of the three measured alternately in one process.
 
 ViT-S/16 and ViT-B/16 are DINOv3 architectures with random weights, 224x224 inputs, batch 8.
-Memory on CPU is the peak resident set size of a fresh process minus its size before the
-step; on CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory held before the step.
+Memory on CPU is the peak resident set size of a fresh process during its first step minus its
+size before the step, with glibc's mmap threshold fixed at 128 KiB so that freed tensors go back
+to the system and the peak follows the live tensors (with the default, adaptive threshold the
+peak also holds whatever the allocator kept from earlier frees and varies by ~15 % between
+runs); on CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory held before the step.
 
     flock /tmp/microfm-cpu.lock python benchmarks/bench_backbone.py [--threads 2] [--device cpu]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -59,7 +63,7 @@ def matmul_peak(device: str) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def _backbone(name: str, mode: str, device: str, checkpointing: bool = False):
+def _backbone(name: str, mode: str, device: str, checkpointing: bool | str = False):
     torch.manual_seed(0)
     bb = build_backbone(name, grad_checkpointing=checkpointing)
     Finetune(mode, mode, {"r": 8, "target_modules": ["attn.qkv"]}, allow_random=True).apply(bb)
@@ -129,8 +133,9 @@ def speed(args) -> dict:
     return out
 
 
-def memory_one(name: str, mode: str, checkpointing: bool, device: str) -> dict:
-    """Extra memory and step time of one configuration (run in a fresh process)."""
+def memory_one(name: str, mode: str, checkpointing: bool | str, device: str) -> dict:
+    """Extra memory of one configuration's first step (run in a fresh process; its step time
+    is not used: the fixed mmap threshold makes allocation slower than usual)."""
     bb, head = _backbone(name, mode, device, checkpointing)
     step = _step_fn(bb, head, device)
     if device == "cuda":
@@ -146,8 +151,7 @@ def memory_one(name: str, mode: str, checkpointing: bool, device: str) -> dict:
             f.write("5")
         step()
         extra = _peak_rss() - before
-    seconds = _time(step, device, 3)
-    return {"extra_mb": extra / 2**20, "step_s": seconds}
+    return {"extra_mb": extra / 2**20}
 
 
 def _rss_now() -> int:
@@ -167,8 +171,10 @@ def memory(args) -> dict:
         "vits16_lora": ("dinov3_vits16", "lora", False),
         "vitb16_full": ("dinov3_vitb16", "full", False),
         "vitb16_lora": ("dinov3_vitb16", "lora", False),
-        "vitb16_lora_checkpointing": ("dinov3_vitb16", "lora", True),
+        "vitb16_lora_checkpointing": ("dinov3_vitb16", "lora", "selective"),
+        "vitb16_lora_checkpointing_full": ("dinov3_vitb16", "lora", "full"),
     }
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     out = {}
     for key, (name, mode, ckpt) in cases.items():
         cmd = [
@@ -185,15 +191,41 @@ def memory(args) -> dict:
             "--batch",
             str(BATCH),
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[key] = json.loads(result.stdout.strip().splitlines()[-1])
     out["lora_vs_full_memory"] = {
         s: out[f"{s}_lora"]["extra_mb"] / out[f"{s}_full"]["extra_mb"] for s in ("vits16", "vitb16")
     }
-    ck, plain = out["vitb16_lora_checkpointing"], out["vitb16_lora"]
-    out["checkpointing_memory_ratio"] = ck["extra_mb"] / plain["extra_mb"]
-    out["checkpointing_time_ratio"] = ck["step_s"] / plain["step_s"]
+    plain = out["vitb16_lora"]["extra_mb"]
+    out["checkpointing_memory_ratio"] = {
+        "selective": out["vitb16_lora_checkpointing"]["extra_mb"] / plain,
+        "full": out["vitb16_lora_checkpointing_full"]["extra_mb"] / plain,
+    }
+    out["checkpointing_step_s"] = steps = checkpointing_times(args)
+    out["checkpointing_time_ratio"] = {
+        mode: steps[mode] / steps["off"] for mode in ("selective", "full")
+    }
     return out
+
+
+def checkpointing_times(args) -> dict:
+    """Median step time of a ViT-B/16 LoRA step without and with checkpointing, the three
+    models stepped in turn in one process (so machine load affects them alike)."""
+    steps = {
+        mode: _step_fn(*_backbone("dinov3_vitb16", "lora", args.device, ck), args.device)
+        for mode, ck in (("off", False), ("selective", "selective"), ("full", "full"))
+    }
+    for step in steps.values():
+        step()  # warm-up
+    times: dict = {mode: [] for mode in steps}
+    for _ in range(args.repeats):
+        for mode, step in steps.items():
+            _sync(args.device)
+            t0 = time.perf_counter()
+            step()
+            _sync(args.device)
+            times[mode].append(time.perf_counter() - t0)
+    return {mode: statistics.median(t) for mode, t in times.items()}
 
 
 def main() -> None:

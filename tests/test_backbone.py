@@ -242,22 +242,81 @@ def test_qkv_bias_attention_would_bypass_lora_without_microfm(tmp_path):
     assert len(apply_lora(bb.model, r=2)) == 4  # routed: every adapter is used
 
 
-def test_gradient_checkpointing_keeps_lora_gradients():
+def _lora_step(name: str, checkpointing, probe_seed: int = 2):
+    """LoRA (B non-zero) gradients and output of one backward pass through ``name``."""
     from microfm.finetune.adapt import Finetune
 
-    grads = []
-    for checkpointing in (False, True):
+    torch.manual_seed(0)
+    bb = build_backbone(name, in_chans=1, grad_checkpointing=checkpointing)
+    Finetune("lora", "lora", {"r": 4}, allow_random=True).apply(bb)
+    with torch.no_grad():
+        for n, p in bb.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    probe = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(probe_seed))
+    out = bb.train().forward_features(x)["patch"]
+    (out * probe).sum().backward()
+    grads = [p.grad.clone() for n, p in bb.named_parameters() if p.requires_grad]
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("name", ["vit_test", "vit_test_dinov2"])
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_gradient_checkpointing_keeps_lora_gradients(name, mode):
+    out0, grads0 = _lora_step(name, False)
+    out1, grads1 = _lora_step(name, True if mode == "selective" else mode)
+    assert grads0 and all(g.abs().sum() > 0 for g in grads0)
+    torch.testing.assert_close(out0, out1)
+    for a, b in zip(grads0, grads1, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_selective_checkpointing_recomputes_less_than_whole_blocks():
+    """The backward pass of a LoRA step recomputes the blocks' forward: all of it with
+    ``full``, all but the attention projection and fc2 products with ``selective``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from microfm.finetune.adapt import Finetune
+
+    def backward_flops(checkpointing) -> int:
         torch.manual_seed(0)
         bb = build_backbone("vit_test", in_chans=1, grad_checkpointing=checkpointing)
-        Finetune("lora", "lora", {"r": 4}, allow_random=True).apply(bb)
+        Finetune("lora", "lora", {"r": 4, "target_modules": ["attn.qkv"]}, allow_random=True).apply(
+            bb
+        )
+        loss = bb.train().forward_features(torch.rand(2, 1, 64, 64))["patch"].square().sum()
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        return counter.get_total_flops()
+
+    plain, selective, full = (backward_flops(m) for m in (False, "selective", "full"))
+    # vit_test: D=64, MLP 4D, 4 blocks, 2 x (64 patches + 5 prefix tokens); per token and block
+    # the products are qkv 3D², proj D², fc1 4D², fc2 4D² (2 flops each): selective skips
+    # recomputing proj and fc2
+    blocks, tokens, D = 4, 2 * (64 + 5), 64
+    proj_fc2 = blocks * tokens * 2 * (D * D + 4 * D * D)
+    assert full > selective > plain
+    assert full - selective == proj_fc2
+
+
+def test_gradient_checkpointing_survives_deepcopy():
+    """An EMA teacher is a deep copy: its blocks must run their own weights."""
+    import copy
+
+    bb = build_backbone("vit_test", in_chans=1, grad_checkpointing=True)
+    twin = copy.deepcopy(bb)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    x = torch.rand(1, 1, 32, 32)
+    for model in (bb, twin):
         with torch.no_grad():
-            for n, p in bb.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.1)
-        x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-        probe = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(2))
-        (bb.train().forward_features(x)["patch"] * probe).sum().backward()
-        grads.append([p.grad.clone() for n, p in bb.named_parameters() if "lora_A" in n])
-    assert all(g.abs().sum() > 0 for g in grads[0])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+            expected = model.forward_features(x)["patch"]
+        torch.testing.assert_close(model.forward_features(x)["patch"].detach(), expected)
+    assert not torch.allclose(bb.forward_features(x)["patch"], twin.forward_features(x)["patch"])
+
+
+def test_gradient_checkpointing_rejects_unknown_setting():
+    with pytest.raises(ConfigError, match="backbone.grad_checkpointing"):
+        build_backbone("vit_test", in_chans=1, grad_checkpointing="partial")

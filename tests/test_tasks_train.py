@@ -40,6 +40,7 @@ def _check(metrics: dict, task: str) -> None:
         ("semseg", ["task/head=dpt", "task.loss.name=ce"]),
         ("cellseg", ["task/head=dpt", "task.threshold_search=null"]),
         ("classify", ["task.head.hidden_dim=32", "task.class_weights=null"]),
+        ("cellseg", ["finetune=lora", "backbone.grad_checkpointing=full"]),
     ],
     ids=lambda v: v if isinstance(v, str) else "+".join(v) or "default",
 )

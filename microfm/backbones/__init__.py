@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import timm
 
 from microfm.backbones.channels import CHANNEL_MODES, ChannelAdapter
+from microfm.backbones.checkpointing import checkpointing_mode, enable_grad_checkpointing
 from microfm.backbones.official import use_official_semantics
 from microfm.backbones.registry import BACKBONES, BackboneSpec, get_spec
 from microfm.backbones.vit import Backbone
@@ -43,7 +44,7 @@ def build_backbone(
     normalize: bool = True,
     norm_stats: str = "pretrained",
     intermediate_layers: Sequence[int] | None = None,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool | str = False,
     drop_path_rate: float = 0.0,
     require_pretrained: bool = False,
     channel_mode: str = "auto",
@@ -67,7 +68,9 @@ def build_backbone(
         norm_stats: ``pretrained`` (``mean``/``std``) or ``dataset`` (the trainer replaces
             them with per-channel statistics of the training images).
         intermediate_layers: default blocks for dense heads.
-        grad_checkpointing: recompute block activations in the backward pass to save memory.
+        grad_checkpointing: recompute block activations in the backward pass to save memory:
+            ``False``; ``True`` or ``"selective"`` (keep the residual-stream products, see
+            :mod:`microfm.backbones.checkpointing`); ``"full"`` (recompute whole blocks).
         drop_path_rate: stochastic depth rate.
         require_pretrained: raise instead of warning when no weights are found.
         channel_mode: how RGB weights serve ``in_chans`` channels (see
@@ -138,8 +141,9 @@ def build_backbone(
             name,
             spec.source or "official release",
         )
-    if grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    checkpointing = checkpointing_mode(grad_checkpointing)
+    if checkpointing != "off":
+        enable_grad_checkpointing(model, keep_residual=checkpointing == "selective")
     patch_size = int(model.patch_embed.patch_size[0])
     default_mean = _per_channel(spec.mean, model_chans, "mean")
     default_std = _per_channel(spec.std, model_chans, "std")

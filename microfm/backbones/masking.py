@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from microfm.errors import ConfigError
 
@@ -67,10 +66,10 @@ def prepare_input(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_blocks(model: nn.Module, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
-    ckpt = getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled()
+    # blocks checkpoint themselves (microfm.backbones.checkpointing)
+    kwargs = {} if rope is None else {"rope": rope}
     for blk in model.blocks:
-        kwargs = {} if rope is None else {"rope": rope}
-        x = checkpoint(blk, x, use_reentrant=False, **kwargs) if ckpt else blk(x, **kwargs)
+        x = blk(x, **kwargs)
     return x
 
 
