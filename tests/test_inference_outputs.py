@@ -89,3 +89,13 @@ def test_classification_only_models_see_the_whole_image_once(multitask_ckpt):
     pred = predictor.predict(np.random.default_rng(1).random((70, 90)).astype(np.float32))
     assert calls == [(1, 1, 32, 32)]  # resized to the training image size, one pass
     assert pred.results["classify"]["probabilities"].shape == (3,)
+
+
+def test_inference_model_is_built_without_gradient_checkpointing():
+    """A run trained with checkpointing predicts and exports with plain blocks."""
+    from microfm.backbones.checkpointing import grad_checkpointing_enabled
+
+    cfg = resolved_config(compose([*TINY, "backbone.grad_checkpointing=true"]))
+    assert cfg["backbone"]["grad_checkpointing"] is True
+    backbone, _ = build_inference_model(cfg, {"finetune_applied": "full"})
+    assert not grad_checkpointing_enabled(backbone.model)

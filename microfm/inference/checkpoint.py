@@ -176,7 +176,9 @@ def build_inference_model(
     register_resolvers()
     cfg = OmegaConf.create(dict(config))
     tasks, _ = build_tasks(cfg.task)
-    bb_node = OmegaConf.merge(cfg.backbone, {"weights": None, "require_pretrained": False})
+    bb_node = OmegaConf.merge(
+        cfg.backbone, {"weights": None, "require_pretrained": False, "grad_checkpointing": False}
+    )
     with _quiet("microfm.backbones"):
         backbone = build(bb_node, "backbone")
     mode = (meta or {}).get("finetune_applied") or cfg.finetune.get("mode", "full")
