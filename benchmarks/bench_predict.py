@@ -7,7 +7,9 @@ weights, UNet head):
   watershed on the blended image, writing labels TIFF + overlay PNG + per-cell CSV) vs the
   bare model forward over exactly the same tiles in the same batches (target <= 1.3x);
 * batched tiles (batch 8) vs the naive one-tile-at-a-time loop (DINOCell/SAMCell style),
-  full path and bare forward.
+  full path and bare forward;
+* the default head grouping (``head_batch=auto``: heads on 2 tiles at a time on CPU, the
+  backbone on the whole batch) vs the heads on the whole batch, bare forward.
 
     flock /tmp/microfm-cpu.lock python benchmarks/bench_predict.py [--size 2048] [--tile 256]
 """
@@ -64,15 +66,24 @@ def main() -> None:
     image = nuclei_image(args.size)
     batched = Predictor(model, args.tile, args.overlap, args.batch_size, device=args.device)
     naive = Predictor(model, args.tile, args.overlap, 1, device=args.device)
+    whole = Predictor(
+        model, args.tile, args.overlap, args.batch_size, head_batch=None, device=args.device
+    )
     plan = batched.window.plan(*image.shape)
     print(f"machine: {machine()}, device {batched.device}")
     print(
         f"image {image.shape} {image.dtype}, {args.backbone} cellseg, tile {batched.tile_size}, "
-        f"overlap {args.overlap}, {plan.num_tiles} tiles"
+        f"overlap {args.overlap}, {plan.num_tiles} tiles, head_batch {batched.head_batch}"
     )
-    for predictor in (batched, naive):  # warm-up (allocator, oneDNN kernels per batch shape)
+    for predictor in (batched, naive, whole):  # warm-up (allocator, oneDNN kernels per batch shape)
         bare_forward(predictor, image[:512, :512])
-    times: dict[str, list[float]] = {"bare": [], "full": [], "naive_bare": [], "naive_full": []}
+    times: dict[str, list[float]] = {
+        "bare": [],
+        "full": [],
+        "naive_bare": [],
+        "naive_full": [],
+        "whole_head_bare": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         # interleaved rounds, so that load from other processes hits every variant alike
         for _ in range(args.repeats):
@@ -80,6 +91,7 @@ def main() -> None:
             times["full"].append(full_path(batched, image, Path(tmp)))
             times["naive_bare"].append(bare_forward(naive, image))
             times["naive_full"].append(full_path(naive, image, Path(tmp)))
+            times["whole_head_bare"].append(bare_forward(whole, image))
     print("all rounds (s):", {k: [round(v, 1) for v in vs] for k, vs in times.items()})
     t_bare, t_full = min(times["bare"]), min(times["full"])
     t_naive_bare, t_naive_full = min(times["naive_bare"]), min(times["naive_full"])
@@ -92,6 +104,9 @@ def main() -> None:
     print(
         f"  naive / batched: bare {t_naive_bare / t_bare:.2f}x, full {t_naive_full / t_full:.2f}x"
     )
+    t_whole = min(times["whole_head_bare"])
+    print(f"bare forward, batch {args.batch_size}, heads on the whole batch: {t_whole:8.1f} s")
+    print(f"  whole-batch heads / head_batch {batched.head_batch}: {t_whole / t_bare:.2f}x")
 
 
 if __name__ == "__main__":

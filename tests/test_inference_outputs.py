@@ -8,7 +8,9 @@ import csv
 import numpy as np
 import pytest
 import tifffile
+import torch
 
+from microfm.errors import ConfigError
 from microfm.inference import Predictor, load_model
 from microfm.inference.checkpoint import InferenceModel, build_inference_model
 from microfm.inference.files import find_inputs, predict_files
@@ -99,3 +101,30 @@ def test_inference_model_is_built_without_gradient_checkpointing():
     assert cfg["backbone"]["grad_checkpointing"] is True
     backbone, _ = build_inference_model(cfg, {"finetune_applied": "full"})
     assert not grad_checkpointing_enabled(backbone.model)
+
+
+def test_heads_in_groups_give_the_outputs_of_the_whole_batch(multitask_ckpt):
+    """``head_batch`` runs every head on groups of tiles (the backbone on the whole batch):
+    same outputs, and the heads really see the groups."""
+    model = load_model(multitask_ckpt)
+    x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
+    hook = model.tasks["cellseg"].register_forward_pre_hook(
+        lambda module, args: seen.append(args[1].shape[0])
+    )
+    with torch.no_grad():
+        whole = model(x)
+        grouped = model(x, head_batch=2)
+    hook.remove()
+    assert seen == [5, 2, 2, 1]
+    assert whole.keys() == grouped.keys()
+    for name in whole:
+        torch.testing.assert_close(grouped[name], whole[name], rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_head_batch_setting(multitask_ckpt):
+    model = load_model(multitask_ckpt)
+    assert Predictor(model, tile_size=32, device="cpu").head_batch == 2  # auto on CPU
+    assert Predictor(model, tile_size=32, head_batch=None, device="cpu").head_batch is None
+    with pytest.raises(ConfigError, match="head_batch"):
+        Predictor(model, tile_size=32, head_batch=0, device="cpu")

@@ -51,6 +51,7 @@ def run_eval(cfg: DictConfig) -> dict:
         tile_size=cfg.tile_size,
         overlap=float(cfg.overlap),
         batch_size=int(cfg.batch_size),
+        head_batch=cfg.head_batch,
         tta=bool(cfg.tta),
         device=cfg.device,
         channels=None,  # the DataModule already selected the channels

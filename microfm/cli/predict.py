@@ -45,6 +45,7 @@ def predict(cfg: DictConfig) -> int:
         tile_size=cfg.tile_size,
         overlap=float(cfg.overlap),
         batch_size=int(cfg.batch_size),
+        head_batch=cfg.head_batch,
         tta=bool(cfg.tta),
         device=device,
         channels=channels,

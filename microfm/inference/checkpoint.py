@@ -94,18 +94,35 @@ class InferenceModel(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, head_batch: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Raw outputs of every task for a batch of images.
+
+        Args:
+            image: (B, C, H, W) normalised images.
+            head_batch: run the heads on at most this many images at a time (the backbone
+                always sees the whole batch). On CPU, dense heads at full resolution are
+                faster in small groups, whose activations stay in cache, while the backbone's
+                matrix products gain from the whole batch; None: the whole batch.
+        """
         if self.layers:
             feats = self.backbone.forward_dense(image, indices=self.layers)
             feats = {**feats, "layers": dict(zip(self.layers, feats["layers"]))}
         else:
             feats = dict(self.backbone.forward_features(image))
+        B = image.shape[0]
+        step = B if not head_batch or head_batch >= B else int(head_batch)
         out = {}
         for name, task in self.tasks.items():
-            task_feats = dict(feats)
-            if task.layers is not None:
-                task_feats["layers"] = [feats["layers"][i] for i in task.layers]
-            out[name] = task(task_feats, image)
+            parts = []
+            for start in range(0, B, step):
+                rows = slice(start, start + step)
+                task_feats = {k: v[rows] for k, v in feats.items() if k != "layers"}
+                if task.layers is not None:
+                    task_feats["layers"] = [feats["layers"][i][rows] for i in task.layers]
+                parts.append(task(task_feats, image[rows]))
+            out[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out
 
 

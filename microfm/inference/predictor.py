@@ -14,6 +14,8 @@ from microfm.inference.checkpoint import InferenceModel
 from microfm.inference.tiling import SlidingWindow, flip_tta
 
 DEFAULT_TILE = 512
+# tiles per head call on CPU (docs/benchmarks.md: ViT-S/16 cellseg at 256 px, batch 8)
+CPU_HEAD_BATCH = 2
 
 
 @dataclass
@@ -64,6 +66,10 @@ class Predictor:
             size, else 512.
         overlap: overlap of neighbouring tiles as a fraction of the tile (0 to 0.9).
         batch_size: tiles per forward pass.
+        head_batch: tiles per head call within a batch: ``auto`` (2 on CPU, where dense heads at
+            full resolution run faster on a few tiles whose activations stay in cache, while the
+            backbone gains from the whole batch; the whole batch on GPU), an int, or None (the
+            whole batch).
         tta: average over the four flips of each tile (test-time augmentation).
         device: ``auto`` (GPU when available), ``cpu``, ``cuda``...
         channels: channel indices to read from each image; ``"checkpoint"`` (default) uses the
@@ -82,6 +88,7 @@ class Predictor:
         tile_size: int | None = None,
         overlap: float = 0.25,
         batch_size: int = 8,
+        head_batch: int | str | None = "auto",
         tta: bool = False,
         device: str | torch.device | None = "auto",
         channels: Sequence[int] | str | None = "checkpoint",
@@ -93,6 +100,11 @@ class Predictor:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        if head_batch == "auto":
+            head_batch = CPU_HEAD_BATCH if self.device.type == "cpu" else None
+        if head_batch is not None and (isinstance(head_batch, str) or int(head_batch) < 1):
+            raise ConfigError(f"head_batch must be auto, null or >= 1, got {head_batch!r}")
+        self.head_batch = int(head_batch) if head_batch is not None else None
         p = model.patch_size
         tile = int(tile_size) if tile_size else (model.crop_size or DEFAULT_TILE)
         if tile < p:
@@ -146,7 +158,8 @@ class Predictor:
         """The model on a batch of tiles (no gradients, autocast on GPU), float32 outputs."""
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
-            return {k: v.float() for k, v in self.model(tiles).items()}
+            out = self.model(tiles, head_batch=self.head_batch)
+            return {k: v.float() for k, v in out.items()}
 
     def tile_model(self):
         return flip_tta(self.forward) if self.tta else self.forward
