@@ -111,19 +111,31 @@ class InferenceModel(nn.Module):
             feats = {**feats, "layers": dict(zip(self.layers, feats["layers"]))}
         else:
             feats = dict(self.backbone.forward_features(image))
-        B = image.shape[0]
-        step = B if not head_batch or head_batch >= B else int(head_batch)
+        if head_batch is None:  # no Python loop over the batch: ONNX keeps a dynamic batch
+            return self._heads(feats, image)
+        groups = [
+            self._heads(_rows(feats, start, int(head_batch)), image[start : start + head_batch])
+            for start in range(0, image.shape[0], int(head_batch))
+        ]
+        return {name: torch.cat([g[name] for g in groups]) for name in self.tasks}
+
+    def _heads(self, feats: dict, image: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for name, task in self.tasks.items():
-            parts = []
-            for start in range(0, B, step):
-                rows = slice(start, start + step)
-                task_feats = {k: v[rows] for k, v in feats.items() if k != "layers"}
-                if task.layers is not None:
-                    task_feats["layers"] = [feats["layers"][i][rows] for i in task.layers]
-                parts.append(task(task_feats, image[rows]))
-            out[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
+            task_feats = dict(feats)
+            if task.layers is not None:
+                task_feats["layers"] = [feats["layers"][i] for i in task.layers]
+            out[name] = task(task_feats, image)
         return out
+
+
+def _rows(feats: dict, start: int, count: int) -> dict:
+    """The features of images ``start:start + count`` of a batch."""
+    rows = slice(start, start + count)
+    return {
+        k: {i: t[rows] for i, t in v.items()} if k == "layers" else v[rows]
+        for k, v in feats.items()
+    }
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
