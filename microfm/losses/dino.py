@@ -19,12 +19,7 @@ class DINOLoss(CenteredTeacherLoss):
     ``-sum_k P_t[k] log softmax(z_s / student_temp)[k]``, where ``P_t`` comes from the teacher
     logits through :class:`TeacherCentering` (running-mean centering or Sinkhorn–Knopp).
 
-    Args:
-        out_dim: number of prototypes K.
-        student_temp: student temperature.
-        centering: ``mean`` or ``sinkhorn``.
-        center_momentum: running-mean momentum.
-        sinkhorn_iterations: Sinkhorn–Knopp rounds.
+    The constructor arguments are those of :class:`CenteredTeacherLoss`.
 
     Example:
         >>> loss = DINOLoss(16)

@@ -17,12 +17,8 @@ class IBOTPatchLoss(CenteredTeacherLoss):
     an image are averaged, then summed over images and divided by the batch size (images
     without masked patches count in the batch size, as in DINOv2).
 
-    Args:
-        out_dim: number of patch prototypes K.
-        student_temp: student temperature.
-        centering: ``mean`` or ``sinkhorn`` (separate state from the DINO loss).
-        center_momentum: running-mean momentum.
-        sinkhorn_iterations: Sinkhorn–Knopp rounds.
+    The constructor arguments are those of :class:`CenteredTeacherLoss` (``out_dim``: the
+    number of patch prototypes); the centering state is separate from the DINO loss's.
 
     Example:
         >>> loss = IBOTPatchLoss(8)
