@@ -11,12 +11,17 @@ weights, UNet head):
 * the default head grouping (``head_batch=auto``: heads on 2 tiles at a time on CPU, the
   backbone on the whole batch) vs the heads on the whole batch, bare forward.
 
+With ``--parts`` it times instead the backbone and the head separately, per tile, at batch
+sizes 1, 2 and 8 (what ``head_batch=auto`` is chosen from).
+
     flock /tmp/microfm-cpu.lock python benchmarks/bench_predict.py [--size 2048] [--tile 256]
+    flock /tmp/microfm-cpu.lock python benchmarks/bench_predict.py --parts
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +57,30 @@ def bare_forward(predictor: Predictor, image: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
+def parts(model, tile: int, repeats: int = 5, sizes=(1, 2, 8)) -> None:
+    """Backbone and head time per tile at each batch size (8 random tiles, medians)."""
+    x = torch.rand(max(sizes), model.in_chans, tile, tile)
+    times: dict = {(part, bs): [] for part in ("backbone", "head") for bs in sizes}
+    with torch.inference_mode():
+        for bs in sizes:  # warm-up
+            model.heads(model.features(x[:bs]), x[:bs])
+        for _ in range(repeats):
+            for bs in sizes:
+                starts = range(0, len(x), bs)
+                t = time.perf_counter()
+                features = [model.features(x[i : i + bs]) for i in starts]
+                times["backbone", bs].append((time.perf_counter() - t) / len(x))
+                t = time.perf_counter()
+                for i, f in zip(starts, features):
+                    model.heads(f, x[i : i + bs])
+                times["head", bs].append((time.perf_counter() - t) / len(x))
+    for bs in sizes:
+        print(
+            f"batch {bs}: backbone {1000 * statistics.median(times['backbone', bs]):.0f} ms, "
+            f"head {1000 * statistics.median(times['head', bs]):.0f} ms per tile"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=2048)
@@ -61,8 +90,13 @@ def main() -> None:
     p.add_argument("--backbone", default="dinov3_vits16")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; best kept")
+    p.add_argument("--parts", action="store_true", help="time backbone and head separately")
     args = p.parse_args()
     model = cellseg_model(args.backbone, args.tile)
+    if args.parts:
+        print(f"machine: {machine()}, {args.backbone} cellseg, tile {args.tile}")
+        parts(model, args.tile)
+        return
     image = nuclei_image(args.size)
     batched = Predictor(model, args.tile, args.overlap, args.batch_size, device=args.device)
     naive = Predictor(model, args.tile, args.overlap, 1, device=args.device)

@@ -106,20 +106,25 @@ class InferenceModel(nn.Module):
                 faster in small groups, whose activations stay in cache, while the backbone's
                 matrix products gain from the whole batch; None: the whole batch.
         """
-        if self.layers:
-            feats = self.backbone.forward_dense(image, indices=self.layers)
-            feats = {**feats, "layers": dict(zip(self.layers, feats["layers"]))}
-        else:
-            feats = dict(self.backbone.forward_features(image))
+        feats = self.features(image)
         if head_batch is None:  # no Python loop over the batch: ONNX keeps a dynamic batch
-            return self._heads(feats, image)
+            return self.heads(feats, image)
         groups = [
-            self._heads(_rows(feats, start, int(head_batch)), image[start : start + head_batch])
+            self.heads(_rows(feats, start, int(head_batch)), image[start : start + head_batch])
             for start in range(0, image.shape[0], int(head_batch))
         ]
         return {name: torch.cat([g[name] for g in groups]) for name in self.tasks}
 
-    def _heads(self, feats: dict, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, image: torch.Tensor) -> dict:
+        """The one backbone pass: ``cls``, ``patch`` and, when a task reads them, ``layers``
+        (block index -> map)."""
+        if not self.layers:
+            return dict(self.backbone.forward_features(image))
+        feats = self.backbone.forward_dense(image, indices=self.layers)
+        return {**feats, "layers": dict(zip(self.layers, feats["layers"]))}
+
+    def heads(self, feats: dict, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every task's raw output from :meth:`features` of ``image``."""
         out = {}
         for name, task in self.tasks.items():
             task_feats = dict(feats)
