@@ -5,6 +5,11 @@ Every weighting is an ``nn.Module`` called as ``weighting(losses, features, pres
 returning the total loss. ``losses`` maps task names to scalar losses; ``present`` says which
 tasks had at least one sample with a target in the batch (the others are left out, so a batch
 without, say, depth targets neither trains nor re-weights the depth task).
+
+Absent tasks and learned weights still enter the total with weight zero: under DDP without
+``find_unused_parameters`` every parameter must take part in every backward pass. GradNorm
+measures its losses and gradient norms over all ranks (all-reduced), so its weights stay
+identical on every rank and equal those of one process on the global batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from microfm.distributed.gather import all_reduce_sum, world_size
 
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm")
 
@@ -50,6 +57,12 @@ class LossWeighting(nn.Module):
     def _present(self, losses, present) -> list[str]:
         return [t for t in self.tasks if t in losses and (present is None or present.get(t, True))]
 
+    def _absent(self, losses, names) -> torch.Tensor:
+        """Zero, still connected to the losses of the absent tasks (their heads stay in the
+        graph, with zero gradients)."""
+        anchor = next(iter(losses.values()))
+        return sum((losses[t] * 0.0 for t in losses if t not in names), anchor * 0.0)
+
     def forward(
         self,
         losses: Mapping[str, torch.Tensor],
@@ -57,8 +70,7 @@ class LossWeighting(nn.Module):
         present: Mapping[str, bool] | None = None,
     ) -> torch.Tensor:
         names = self._present(losses, present)
-        anchor = next(iter(losses.values()))
-        return sum((self.fixed[t] * losses[t] for t in names), anchor * 0.0)
+        return sum((self.fixed[t] * losses[t] for t in names), self._absent(losses, names))
 
     def weights(self) -> dict[str, float]:
         """The current effective weight of each task (for logging)."""
@@ -93,8 +105,7 @@ class UncertaintyWeighting(LossWeighting):
 
     def forward(self, losses, features=(), present=None) -> torch.Tensor:
         names = self._present(losses, present)
-        anchor = next(iter(losses.values()))
-        total = anchor * 0.0
+        total = self._absent(losses, names) + self.log_vars.sum() * 0.0
         for t in names:
             s = self.log_vars[self.tasks.index(t)]
             total = total + self.fixed[t] * (0.5 * torch.exp(-s) * losses[t] + 0.5 * s)
@@ -133,9 +144,9 @@ class GradNormWeighting(LossWeighting):
 
     def forward(self, losses, features=(), present=None) -> torch.Tensor:
         names = self._present(losses, present)
-        anchor = next(iter(losses.values()))
         idx = [self.tasks.index(t) for t in names]
-        total = sum((self.w[i].detach() * losses[t] for i, t in zip(idx, names)), anchor * 0.0)
+        zero = self._absent(losses, names) + self.w.sum() * 0.0  # w's gradient is set later
+        total = sum((self.w[i].detach() * losses[t] for i, t in zip(idx, names)), zero)
         feats = [f for f in features if f.requires_grad]
         if self.training and torch.is_grad_enabled() and feats and len(names) > 1:
             self._pending = self._gradnorm_grad(names, idx, losses, feats)
@@ -147,9 +158,13 @@ class GradNormWeighting(LossWeighting):
             grads = torch.autograd.grad(losses[t], feats, retain_graph=True, allow_unused=True)
             zero = feats[0].new_zeros((), dtype=torch.float32)
             sq = sum((g.float().pow(2).sum() for g in grads if g is not None), zero)
-            norms.append(torch.sqrt(sq.to(self.w.device)))
-        g = torch.stack(norms)
+            norms.append(sq.to(self.w.device))
+        # over all ranks: the features of different ranks are disjoint and DDP averages the
+        # rank losses, so the global squared norm is the sum of the ranks' over world²
+        world = world_size()
+        g = torch.sqrt(all_reduce_sum(torch.stack(norms)) / world**2)
         L = torch.stack([losses[t].detach().float() for t in names]).to(self.w.device)
+        L = all_reduce_sum(L) / world
         ii = torch.tensor(idx, device=self.w.device)
         first = torch.isnan(self.initial[ii])
         if first.any():

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from microfm.distributed.gather import all_reduce_sum, world_size
 from microfm.losses.weighting import LossWeighting
 from microfm.modules.optim import OptimConfig
 from microfm.tasks.base import Task
@@ -18,8 +19,9 @@ class SupervisedModule(L.LightningModule):
 
     Every batch runs the backbone once; each task reads the features it needs (``cls``,
     ``patch`` or its intermediate ``layers``). Samples without a task's target contribute
-    nothing to that task's loss and metrics, and a task without any target in a batch is left
-    out of that step's loss balancing.
+    nothing to that task's loss and metrics, and a task without any target in a batch (on
+    any rank) is left out of that step's loss balancing; it still enters the loss with weight
+    zero, so DDP sees every parameter used without ``find_unused_parameters``.
 
     Logs ``train/loss``, ``{stage}/loss``, ``{stage}/{task}/loss``,
     ``train/{task}/weight`` (several tasks) and ``{stage}/{task}/{metric}``. Keeps a few test
@@ -123,13 +125,33 @@ class SupervisedModule(L.LightningModule):
                 t.requires_grad_()
         return shared
 
-    def _losses(self, preds, batch) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
-        losses, present = {}, {}
+    def _losses(
+        self, preds, batch, across_ranks: bool = False
+    ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+        """Each task's loss over its labelled samples and whether the batch had any.
+
+        With ``across_ranks`` (training under DDP) a task counts as present when any rank has
+        a labelled sample, and each rank's loss is scaled by ``n_rank · world / n_total``
+        (its share of the task's labelled samples), so that the gradient DDP averages over
+        the ranks is that of the loss over the whole global batch (exact for losses that are
+        means over samples). Every rank then balances the same set of tasks.
+        """
+        losses, counts = {}, {}
         for name, task in self.tasks.items():
             valid = task.valid_samples(batch)
-            present[name] = valid is not None and bool(valid.any())
+            counts[name] = 0 if valid is None else int(valid.sum())
             losses[name] = task.compute_loss(preds[name], batch, valid)
-        return losses, present
+        world = world_size()
+        if not (across_ranks and world > 1):
+            return losses, {name: n > 0 for name, n in counts.items()}
+        mine = torch.tensor(
+            [counts[n] for n in self.tasks], dtype=torch.float64, device=self.device
+        )
+        total = all_reduce_sum(mine)  # one small collective per training step
+        for i, name in enumerate(self.tasks):
+            if total[i] > 0:
+                losses[name] = losses[name] * float(mine[i] * world / total[i])
+        return losses, {name: bool(total[i] > 0) for i, name in enumerate(self.tasks)}
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, stage: str) -> None:
@@ -140,7 +162,7 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         image = batch["image"]
         shared, preds = self._forward(image, shared_features=self.weighting.needs_features)
-        losses, present = self._losses(preds, batch)
+        losses, present = self._losses(preds, batch, across_ranks=True)
         total = self.weighting(losses, shared, present)
         bs = image.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
