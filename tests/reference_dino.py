@@ -72,25 +72,31 @@ def _blocks(x, sd, heads, eps, rope=None):
 
 
 def dinov2_forward(sd, x, heads, patch=14):
-    """Official DINOv2: position embeddings interpolated by scale factor (n + 0.1)/M, bicubic,
-    no antialias, at any size other than the native square grid; registers after the CLS."""
+    """Official DINOv2: position embeddings interpolated at any size other than the native square
+    grid, by scale factor (n + 0.1)/M, bicubic, no antialias for the plain models, and to the
+    size n, bicubic with antialias for the register models (their hub constructors); registers
+    after the CLS."""
     tokens = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
     B, D, h, w = tokens.shape
     tokens = tokens.flatten(2).transpose(1, 2)
     pos = sd["pos_embed"]
     M = int(math.sqrt(pos.shape[1] - 1))
     patch_pos = pos[:, 1:]
+    registers = "register_tokens" in sd
     if (h, w) != (M, M):
         grid = patch_pos.reshape(1, M, M, D).permute(0, 3, 1, 2)
-        grid = F.interpolate(
-            grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic", antialias=False
-        )
+        if registers:  # dinov2_*_reg hub models: interpolate_antialias=True, offset 0.0
+            grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True)
+        else:
+            grid = F.interpolate(
+                grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic", antialias=False
+            )
         patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, D)
     t = torch.cat([sd["cls_token"].expand(B, -1, -1), tokens], 1) + torch.cat(
         [pos[:, :1], patch_pos], 1
     )
     n_reg = 0
-    if "register_tokens" in sd:
+    if registers:
         n_reg = sd["register_tokens"].shape[1]
         t = torch.cat([t[:, :1], sd["register_tokens"].expand(B, -1, -1), t[:, 1:]], 1)
     t = _blocks(t, sd, heads, eps=1e-6)

@@ -28,7 +28,19 @@ from tests.reference_dino import (
 )
 
 TOL = 1e-4
-FIXTURES = ["dinov2_vits14", "dinov3_vits16"]
+FIXTURES = ["dinov2_vits14", "dinov2_vits14_reg", "dinov3_vits16"]
+
+
+@pytest.mark.shared
+def test_every_conformance_fixture_is_checked():
+    """A fixture added to ../shared/conformance is checked here, for microfm and the reference."""
+    from tests.conftest import SHARED
+
+    root = SHARED / "conformance"
+    if not root.is_dir():
+        pytest.skip(f"../shared/conformance not found at {root}")
+    present = sorted(p.name for p in root.iterdir() if (p / "reference_outputs.npz").is_file())
+    assert present == sorted(FIXTURES)
 
 
 @pytest.fixture(scope="module")

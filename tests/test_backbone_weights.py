@@ -290,3 +290,57 @@ def test_url_download_refuses_a_wrong_hash(tmp_path):
     finally:
         server.close()
     assert not list((tmp_path / "cache" / "weights").glob("w-deadbeef*"))
+
+
+def _hf_snapshots(tmp_path, repo: str, commits: list[str], main: str | None) -> dict[str, object]:
+    """A Hugging Face cache layout (as huggingface_hub writes it) with one model.safetensors
+    per commit, each from differently randomised weights, and ``refs/main`` -> ``main``."""
+    folder = tmp_path / "hf" / ("models--" + repo.replace("/", "--"))
+    models = {}
+    for i, commit in enumerate(commits):
+        snap = folder / "snapshots" / commit
+        snap.mkdir(parents=True)
+        src = build_backbone("vit_test_dinov2")
+        with torch.no_grad():
+            for p in src.parameters():
+                p.add_(0.05 * (i + 1) * torch.randn_like(p))
+        save_file(src.model.state_dict(), str(snap / "model.safetensors"))
+        models[commit] = src
+    if main is not None:
+        (folder / "refs").mkdir()
+        (folder / "refs" / "main").write_text(main)
+    return models
+
+
+def test_hf_cache_follows_refs_main_not_the_last_snapshot(tmp_path, monkeypatch):
+    # refs/main names the first of the sorted snapshots; the newest-looking name is a stale one
+    old, stale = "0a" * 20, "f0" * 20
+    models = _hf_snapshots(tmp_path, "timm/tiny.lvd", [old, stale], main=old)
+    _with_files(monkeypatch, hf_hub_id="timm/tiny.lvd")
+    bb = build_backbone("vit_test_dinov2")
+    snap = tmp_path / "hf" / "models--timm--tiny.lvd" / "snapshots"
+    assert bb.weights_path == str(snap / old / "model.safetensors")
+    _same(bb, models[old], torch.rand(1, 3, 16, 16))
+
+
+def test_hf_cache_with_several_snapshots_and_no_ref_is_not_guessed(tmp_path, monkeypatch, caplog):
+    _hf_snapshots(tmp_path, "timm/tiny.lvd", ["0a" * 20, "f0" * 20], main=None)
+    _with_files(monkeypatch, hf_hub_id="timm/tiny.lvd")
+    bb = build_backbone("vit_test_dinov2")
+    assert not bb.pretrained and "name a revision" in caplog.text
+
+
+def test_hf_hub_weights_with_a_revision(tmp_path):
+    a, b = "0a" * 20, "f0" * 20
+    models = _hf_snapshots(tmp_path, "org/tiny", [a, b], main=b)
+    snap = tmp_path / "hf" / "models--org--tiny" / "snapshots"
+    x = torch.rand(1, 3, 16, 16)
+    main = build_backbone("vit_test_dinov2", weights="hf-hub:org/tiny")
+    assert main.weights_path == str(snap / b / "model.safetensors")
+    pinned = build_backbone("vit_test_dinov2", weights=f"hf-hub:org/tiny@{a}")
+    assert pinned.weights_path == str(snap / a / "model.safetensors")
+    _same(pinned, models[a], x)
+    with pytest.raises(WeightsError, match="huggingface-cli download org/tiny.*--revision v2"):
+        build_backbone("vit_test_dinov2", weights="hf-hub:org/tiny@v2")
+    with pytest.raises(WeightsError, match="hf-hub:ORG/NAME"):
+        build_backbone("vit_test_dinov2", weights="hf-hub:tiny")

@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 from microfm.errors import ConfigError
 from microfm.transforms.intensity import (
     Normalizer,
+    clahe,
     image_stats,
     meanstd_normalize,
     minmax_normalize,
@@ -115,3 +116,52 @@ def test_any_input_gives_finite_float32(image, mode, clip):
     ds.fit([image, image])
     out = ds(image)
     assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def _opencv_clahe_8bit(x: np.ndarray, limit: float, tiles: int = 8) -> np.ndarray:
+    """The reference for the documented meaning of the clip limit: OpenCV's CLAHE on the
+    8-bit quantised [0, 1] image."""
+    import cv2
+
+    op = cv2.createCLAHE(clipLimit=float(limit), tileGridSize=(tiles, tiles))
+    q = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return np.stack([op.apply(ch) for ch in q]).astype(np.float32) / 255
+
+
+def _bbbc039_image(shared) -> np.ndarray:
+    import tifffile
+
+    files = sorted((shared / "data" / "bbbc039_nuclei" / "images").glob("*.tif"))
+    if not files:
+        pytest.skip(f"no BBBC039 images under {shared / 'data' / 'bbbc039_nuclei'}")
+    return tifffile.imread(files[0])[None]  # 520 x 696 uint16 (12-bit values)
+
+
+def _check_clip_limit_acts(img: np.ndarray) -> None:
+    x = percentile_normalize(img)
+    base = np.clip(x, 0, 1)
+    out = {c: clahe(x, c, 8) for c in (1, 2, 40)}
+    # limits 1 and 40 must differ (OpenCV on 16-bit gave identical or nearly equal outputs)
+    assert np.abs(out[40] - out[1]).mean() > 0.1
+    # a larger limit equalises more
+    changes = [np.abs(out[c] - base).mean() for c in (1, 2, 40)]
+    assert changes[0] < changes[1] < changes[2]
+    # and each limit tracks OpenCV's 8-bit CLAHE with that limit: closer to it than half of
+    # the change the reference itself makes
+    for c in (2, 40):
+        ref = _opencv_clahe_8bit(x, c)
+        assert np.abs(out[c] - ref).mean() < 0.5 * np.abs(ref - base).mean(), c
+
+
+def test_clahe_clip_limit_acts_on_16bit_synthetic():
+    rng = np.random.default_rng(0)
+    _check_clip_limit_acts((rng.random((1, 256, 256)) ** 3 * 4000).astype(np.uint16))
+
+
+def test_clahe_clip_limit_acts_on_16bit_bbbc039(shared):
+    _check_clip_limit_acts(_bbbc039_image(shared))
+
+
+def test_clahe_leaves_constant_channels():
+    img = np.stack([np.full((32, 32), 0.25, np.float32), np.zeros((32, 32), np.float32)])
+    np.testing.assert_array_equal(clahe(img, 2.0, 8), img)

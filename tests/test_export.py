@@ -49,7 +49,12 @@ def test_onnx_export_of_a_lora_checkpoint_dinov3_rope(trained_run, tmp_path):  #
 
 
 @pytest.mark.slow
-def test_onnx_export_dinov2_position_embedding_interpolation(tmp_path):
+@pytest.mark.parametrize(
+    "arch",
+    [{}, {"reg_tokens": 4, "no_embed_class": True}],
+    ids=["plain", "registers"],  # registers: the antialiased resize of the dinov2_*_reg models
+)
+def test_onnx_export_dinov2_position_embedding_interpolation(tmp_path, arch):
     from microfm.backbones import build_backbone
     from microfm.heads import LinearHead
     from microfm.inference.checkpoint import InferenceModel
@@ -57,7 +62,8 @@ def test_onnx_export_dinov2_position_embedding_interpolation(tmp_path):
     from microfm.transforms.intensity import Normalizer
 
     torch.manual_seed(0)
-    backbone = build_backbone("vit_test_dinov2", in_chans=2)
+    backbone = build_backbone("vit_test_dinov2", in_chans=2, **arch)
+    assert backbone.model.num_reg_tokens == arch.get("reg_tokens", 0)
     task = SemSegTask(LinearHead(64, 1, out_channels=3), layers=[3], num_classes=3)
     model = InferenceModel(backbone, [task], Normalizer()).eval()
     report = export_onnx(model, tmp_path / "dinov2.onnx")

@@ -3,9 +3,11 @@
 timm holds the architectures; two details differ from the official implementations and change
 the features:
 
-- DINOv2 resizes its learned position embeddings for inputs other than 518×518 with bicubic
-  interpolation by a *scale factor* of ``(n + 0.1) / M`` (no antialiasing), while timm resamples
-  to a target size with antialiasing. :class:`DINOv2PosEmbedViT` uses the official rule.
+- DINOv2 resizes its learned position embeddings for inputs other than 518×518. The official
+  hub constructors of the plain models use bicubic interpolation by a *scale factor* of
+  ``(n + 0.1) / M`` without antialiasing; those of the register models (``dinov2_*_reg``:
+  ``interpolate_antialias=True, interpolate_offset=0.0``) resample *to the size* ``n`` with
+  antialiasing. :class:`DINOv2PosEmbedViT` uses the official rule of each.
 - DINOv3 (and EVA) attention with q/v biases adds them in an ``F.linear`` call on
   ``qkv.weight``, bypassing the ``qkv`` module, so a LoRA adapter wrapped around ``qkv`` would
   never run. :func:`route_qkv_through_module` makes the attention call ``qkv`` and add the
@@ -45,15 +47,33 @@ def _resize_matrix(n: int, m: int, scale: torch.Tensor) -> torch.Tensor:
     return (weights[..., None] * F.one_hot(taps, m).float()).sum(1)
 
 
-def dinov2_resize_pos_embed(patch_pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Resize (1, M*M, D) patch position embeddings to an ``h``×``w`` grid the way the official
-    DINOv2 ``interpolate_pos_encoding`` does (returned as (1, h*w, D), in the input dtype):
-    bicubic by a scale factor of ``(n + 0.1) / M`` without antialiasing, and unchanged on the
-    native M×M grid.
+def _antialias_resize_matrix(n: int, m: int, scale: torch.Tensor) -> torch.Tensor:
+    """(n, m) matrix of 1-D antialiased bicubic resampling from ``m`` to ``n`` samples: row by
+    row what ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)`` computes
+    (PIL's filter: Keys cubic with A = -0.5, stretched by ``scale`` when downsampling, taps
+    outside the input dropped and each row renormalised), with ``scale = m / n``."""
+    stretch = torch.clamp(scale, min=1.0)  # widen the filter only when downsampling
+    center = (torch.arange(n, dtype=torch.float32) + 0.5) * scale
+    x = ((torch.arange(m, dtype=torch.float32)[None, :] + 0.5 - center[:, None]) / stretch).abs()
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    weights = torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+    return weights / weights.sum(1, keepdim=True)
 
-    Written as two resampling matrices rather than ``F.interpolate(scale_factor=...)`` and a
-    size test, so that one exported graph (ONNX, dynamic height and width) serves every size:
-    on the native grid the source coordinates are the targets and the matrices are identities.
+
+def dinov2_resize_pos_embed(
+    patch_pos: torch.Tensor, h: int, w: int, antialias: bool = False
+) -> torch.Tensor:
+    """Resize (1, M*M, D) patch position embeddings to an ``h``×``w`` grid the way the official
+    DINOv2 ``interpolate_pos_encoding`` does (returned as (1, h*w, D), in the input dtype),
+    unchanged on the native M×M grid. Plain models (``antialias=False``): bicubic by a scale
+    factor of ``(n + 0.1) / M`` without antialiasing. Register models (``antialias=True``):
+    antialiased bicubic to the size ``n`` (offset 0).
+
+    Written as two resampling matrices rather than ``F.interpolate`` and a size test, so that
+    one exported graph (ONNX, dynamic height and width) serves every size: on the native grid
+    the source coordinates are the targets and the matrices are identities.
     """
     n, dim = patch_pos.shape[1], patch_pos.shape[2]
     m = math.isqrt(n)
@@ -61,9 +81,11 @@ def dinov2_resize_pos_embed(patch_pos: torch.Tensor, h: int, w: int) -> torch.Te
         raise ValueError(f"position embeddings of {n} patches are not a square grid")
     size = torch.stack([torch.scalar_tensor(h), torch.scalar_tensor(w)]).float()
     native = (size == m).all()
-    scales = torch.where(native, torch.ones(2), m / (size + DINOV2_INTERPOLATE_OFFSET))
-    rows = _resize_matrix(h, m, scales[0]).to(patch_pos.device)
-    cols = _resize_matrix(w, m, scales[1]).to(patch_pos.device)
+    offset = 0.0 if antialias else DINOV2_INTERPOLATE_OFFSET
+    scales = torch.where(native, torch.ones(2), m / (size + offset))
+    resize = _antialias_resize_matrix if antialias else _resize_matrix
+    rows = resize(h, m, scales[0]).to(patch_pos.device)
+    cols = resize(w, m, scales[1]).to(patch_pos.device)
     grid = patch_pos.float().reshape(m, m, dim)
     out = torch.einsum("hm,mnd,wn->hwd", rows, grid, cols)
     return out.reshape(1, h * w, dim).to(patch_pos.dtype)
@@ -71,8 +93,13 @@ def dinov2_resize_pos_embed(patch_pos: torch.Tensor, h: int, w: int) -> torch.Te
 
 class DINOv2PosEmbedViT(VisionTransformer):
     """A timm ``VisionTransformer`` whose position embeddings follow the official DINOv2 rule at
-    every input size (see :func:`dinov2_resize_pos_embed`). Models are converted in place with
+    every input size (see :func:`dinov2_resize_pos_embed`): with registers, the antialiased
+    resize of the ``dinov2_*_reg`` hub models. Models are converted in place with
     :func:`use_official_semantics`; nothing else changes."""
+
+    def _resize(self, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        antialias = getattr(self, "num_reg_tokens", 0) > 0
+        return dinov2_resize_pos_embed(pos, h, w, antialias=antialias)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -81,14 +108,14 @@ class DINOv2PosEmbedViT(VisionTransformer):
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(B, -1, -1))
         if self.no_embed_class:  # registers: no embedding for the prefix tokens
-            x = x + dinov2_resize_pos_embed(self.pos_embed, H, W)
+            x = x + self._resize(self.pos_embed, H, W)
             x = torch.cat([*prefix, x], dim=1)
         else:
             n_prefix = self.num_prefix_tokens
             pos = torch.cat(
                 [
                     self.pos_embed[:, :n_prefix],
-                    dinov2_resize_pos_embed(self.pos_embed[:, n_prefix:], H, W),
+                    self._resize(self.pos_embed[:, n_prefix:], H, W),
                 ],
                 dim=1,
             )

@@ -1,8 +1,9 @@
 """Finding, reading and loading backbone weights.
 
-Resolution order (:func:`resolve_weights`): ``backbone.weights`` (a path, ``official`` or a URL,
-downloaded once into a cache and checked against its hash) -> the directory named by
-``$MICROFM_WEIGHTS`` -> torch hub's checkpoint cache and the Hugging Face cache (timm weights)
+Resolution order (:func:`resolve_weights`): ``backbone.weights`` (a path, ``official``, a URL,
+downloaded once into a cache and checked against its hash, or ``hf-hub:ORG/NAME[@REVISION]``
+from the Hugging Face cache) -> the directory named by ``$MICROFM_WEIGHTS`` -> torch hub's
+checkpoint cache and the Hugging Face cache (timm weights, the snapshot of its ``main`` ref)
 -> nothing (random initialisation, decided by the caller). Nothing touches the network unless a
 URL (or ``official``) is given and the file is not cached yet; gated weights (DINOv3) are never
 downloaded.
@@ -164,9 +165,51 @@ def _first(patterns: list[str]) -> Path | None:
     return None
 
 
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub`` (read at each call)."""
+    hf_home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
+    return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))
+
+
+def find_hf_cached(
+    repo: str, revision: str | None = None, filename: str = "model.safetensors"
+) -> Path | None:
+    """``filename`` of ``repo`` at ``revision`` (a branch or tag, default ``main``, or a commit
+    hash) in the local Hugging Face cache, resolved by ``huggingface_hub`` through the cache's
+    ``refs/``; never touches the network.
+
+    Without a ref of that name (a cache copied by hand, or filled by commit hash) a snapshot is
+    used only when it is the one snapshot holding the file; several are ambiguous and give None.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = hf_hub_cache()
+    hit = try_to_load_from_cache(repo, filename, cache_dir=str(cache), revision=revision)
+    if isinstance(hit, str):
+        return Path(hit)
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    if (folder / "refs" / (revision or "main")).is_file():
+        return None  # the ref names a snapshot without the file
+    snapshots = sorted(glob.glob(str(folder / "snapshots" / "*" / filename)))
+    if len(snapshots) == 1 and revision is None:
+        return Path(snapshots[0])
+    if snapshots:
+        log.warning(
+            "Hugging Face cache %s: no ref %r and %d snapshots with %s; name a revision "
+            "(backbone.weights=hf-hub:%s@<commit>)",
+            folder,
+            revision or "main",
+            len(snapshots),
+            filename,
+            repo,
+        )
+    return None
+
+
 def find_local_weights(name: str, spec: BackboneSpec) -> Path | None:
     """Official weights already on this machine: ``$MICROFM_WEIGHTS`` (official file names or
-    ``<name>.pth``/``.safetensors``), torch hub's checkpoint cache, the Hugging Face cache."""
+    ``<name>.pth``/``.safetensors``), torch hub's checkpoint cache, the Hugging Face cache
+    (the snapshot its ``main`` ref points to, see :func:`find_hf_cached`)."""
     candidates: list[str] = []
     folder = os.environ.get(WEIGHTS_ENV)
     if folder:
@@ -174,13 +217,34 @@ def find_local_weights(name: str, spec: BackboneSpec) -> Path | None:
             candidates.append(os.path.join(os.path.expanduser(folder), pattern))
     torch_home = os.environ.get("TORCH_HOME") or os.path.expanduser("~/.cache/torch")
     candidates += [os.path.join(torch_home, "hub", "checkpoints", p) for p in spec.files]
-    if spec.hf_hub_id:
-        hf_home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
-        hub = os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub")
+    local = _first(candidates)
+    if local is None and spec.hf_hub_id:
         for repo in dict.fromkeys((spec.hf_hub_id, spec.hf_hub_id.replace("_qkvb", ""))):
-            folder_name = "models--" + repo.replace("/", "--")
-            candidates.append(os.path.join(hub, folder_name, "snapshots", "*", "model.safetensors"))
-    return _first(candidates)
+            local = find_hf_cached(repo)
+            if local is not None:
+                break
+    return local
+
+
+def _hf_hub_weights(weights: str) -> Path:
+    """``hf-hub:ORG/NAME[@REVISION]`` (timm's syntax) from the local Hugging Face cache."""
+    repo, _, revision = weights.removeprefix("hf-hub:").partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise WeightsError(
+            f"backbone.weights={weights}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION"
+        )
+    try:
+        local = find_hf_cached(repo, revision or None)
+    except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo id
+        raise WeightsError(f"backbone.weights={weights}: {exc}") from None
+    if local is None:
+        rev = f" --revision {revision}" if revision else ""
+        raise WeightsError(
+            f"backbone.weights={weights}: model.safetensors of {repo} at revision "
+            f"{revision or 'main'} is not in the Hugging Face cache {hf_hub_cache()}; microfm "
+            f"does not download it: run `huggingface-cli download {repo} model.safetensors{rev}`"
+        )
+    return local
 
 
 def resolve_weights(
@@ -208,6 +272,8 @@ def resolve_weights(
                 )
             local = find_local_weights(name, spec)
             return local if local is not None else fetch_weights(spec.url, sha256)
+        if weights.startswith("hf-hub:"):
+            return _hf_hub_weights(weights)
         if urlparse(weights).scheme in ("http", "https"):
             return fetch_weights(weights, sha256)
         path = Path(weights).expanduser()

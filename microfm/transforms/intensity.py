@@ -5,7 +5,7 @@ anywhere. A normalisation is an affine map per channel, ``(x - offset) / scale``
 statistics come either from each image (``scope="image"``) or from the training set
 (``scope="dataset"``, computed once by :meth:`Normalizer.fit` and cached by the DataModule).
 Optional CLAHE (contrast-limited adaptive histogram equalisation) follows the affine map, for
-training and inference alike.
+training and inference alike; its tile histograms have 256 bins (see :func:`clahe`).
 """
 
 from __future__ import annotations
@@ -138,14 +138,26 @@ def meanstd_normalize(image: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 def clahe(image: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
     """CLAHE per channel on an image normalised to about [0, 1] (values are clipped to [0, 1]).
 
-    The equalisation runs on 16-bit quantised values (65,536 levels, OpenCV), not on 8 bit.
+    ``clip_limit`` keeps OpenCV's meaning for 8-bit images: each tile's 256-bin histogram is
+    clipped at ``clip_limit`` times its mean bin height (1: no equalisation, larger: stronger),
+    whatever the bit depth of the raw image. It runs on the float image with scikit-image
+    (``equalize_adapthist(clip_limit=clip_limit / 256, nbins=256)``, tiles of
+    ``H // tiles`` x ``W // tiles`` pixels; histograms span each channel's min..max, the output
+    its full [0, 1]). OpenCV on 16-bit data would scale the limit by tile area / 65,536, so
+    typical limits all clip at one count per level and give the same output. Constant channels
+    are returned unchanged.
     """
-    import cv2
+    from skimage.exposure import equalize_adapthist
 
-    op = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles)))
-    q = np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    out = np.stack([op.apply(np.ascontiguousarray(ch)) for ch in q])
-    return (out.astype(np.float32) / np.float32(65535.0)).astype(np.float32, copy=False)
+    x = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    kernel = tuple(max(1, s // int(tiles)) for s in x.shape[-2:])
+    out = np.empty_like(x)
+    for i, ch in enumerate(x):
+        if ch.size == 0 or ch.min() == ch.max():
+            out[i] = ch
+        else:
+            out[i] = equalize_adapthist(ch, kernel, clip_limit=float(clip_limit) / 256, nbins=256)
+    return out
 
 
 class Normalizer:
@@ -158,7 +170,8 @@ class Normalizer:
             see :meth:`fit`).
         clip: clip the result to [0, 1].
         clahe: apply CLAHE after the affine map.
-        clahe_clip_limit, clahe_tiles: OpenCV CLAHE clip limit and tiles per side.
+        clahe_clip_limit, clahe_tiles: CLAHE clip limit (OpenCV's 8-bit meaning, any bit depth:
+            see :func:`clahe`) and tiles per side.
         eps: smallest scale (constant channels map to 0).
 
     Example:
