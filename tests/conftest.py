@@ -26,6 +26,7 @@ def pytest_collection_modifyitems(config, items):
     end while the other workers are idle (the order within each group is kept)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
+
 # Quiet, fast defaults for runs composed in tests: tiny backbone, small data, no workers.
 TINY = [
     "backbone=vit_test",

@@ -149,10 +149,13 @@ def ddp_and_single_runs(tmp_path, common: list[str]) -> tuple[dict, dict, dict]:
 def test_two_process_run_through_cluster_local_matches_one_process(tmp_path):
     """A real 2-process DDP (gloo) job started by submitit's local executor gives the
     gradients, metrics and final weights of the single-process run on the same global batch
-    (so microfm's sampler, per-rank batch size and loss average correctly over the ranks)."""
+    (so microfm's sampler, per-rank batch size and loss average correctly over the ranks),
+    and on val/test splits of 5 images (3 + 2 per rank, each counted once) the same metrics."""
     common = [
         *TINY,
         "data.n_train=16",
+        "data.n_val=5",  # uneven over 2 ranks: padding duplicates would shift val/test
+        "data.n_test=5",
         f"data.batch_size={GLOBAL_BATCH}",
         "trainer.max_epochs=2",
         "trainer.accelerator=cpu",

@@ -109,3 +109,74 @@ def test_multitask_ddp_equals_one_process(tmp_path, mode):
                 atol=1e-6,
                 msg=lambda m, n=name, r=rank: f"rank {r} {n}: {m}",
             )
+
+
+# ----------------------------------------------------------------------------- evaluation
+N_EVAL = 5  # not a multiple of the world size: one rank evaluates a sample more
+EVAL_BATCH = 2  # per process
+
+
+def _eval_data() -> list[dict]:
+    """Five samples; classification labels on the even positions only, which the unpadded
+    shards of 2 ranks give to rank 0 alone (rank 1 has no sample of that task)."""
+    torch.manual_seed(7)
+    batch = _batch(B=N_EVAL)
+    batch["label"] = torch.tensor([0, -1, 2, -1, 1])
+    return [{k: v[i] for k, v in batch.items()} for i in range(N_EVAL)]
+
+
+def _evaluate(world: int) -> dict[str, float]:
+    """Test epoch of the module on the sampler's shard of ``_eval_data`` for this process;
+    returns what the module logged."""
+    from torch.utils.data import DataLoader
+
+    from microfm.data.sampling import SeededSampler
+
+    torch.manual_seed(0)
+    module = _module(build_weighting(NAMES, "uncertainty"))
+    module.eval()
+    logged: dict[str, float] = {}
+    module.log = lambda key, value, **k: logged.__setitem__(key, float(value))
+    data = _eval_data()
+    sampler = SeededSampler(data, shuffle=False, pad=module.eval_steps_are_collective)
+    loader = DataLoader(data, batch_size=EVAL_BATCH * (WORLD // world), sampler=sampler)
+    module.on_test_epoch_start()
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            module.test_step(batch, i)
+    module.on_test_epoch_end()
+    return logged
+
+
+def _eval_worker(rank: int, folder: str) -> None:
+    from datetime import timedelta
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/init",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=60),  # a rank left out of a collective fails, not hangs
+    )
+    try:
+        torch.set_num_threads(1)
+        torch.save(_evaluate(WORLD), f"{folder}/eval{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_ddp_evaluation_counts_each_sample_once_and_every_rank_computes(tmp_path):
+    """5 test samples on 2 ranks, classification labels on rank 0's samples only: both ranks
+    log exactly the single-process losses and metrics. Before: the padded shard evaluated
+    sample 0 twice (test/classify/acc 0.25 instead of 0.333), and rank 1 skipped the
+    classification metric's compute() (a collective rank 0 waited in) and logged other keys."""
+    mp.spawn(_eval_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    single = _evaluate(1)
+    assert {"test/loss", "test/classify/acc", "test/cellseg/loss", "test/depth/loss"} <= set(single)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"eval{rank}.pt")
+        assert set(got) == set(single), rank
+        for key, value in single.items():
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (rank, key)

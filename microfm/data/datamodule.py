@@ -118,7 +118,11 @@ class MicroscopyDataModule(L.LightningDataModule):
         if split not in self.datasets:
             self.setup()
         ds = self.datasets[split]
-        sampler = SeededSampler(ds, seed=self.seed, shuffle=shuffle)
+        # evaluation gives each sample to one rank only, unless the module's evaluation steps
+        # are collectives (SSL losses), which need the same number of batches on every rank
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        pad = shuffle or getattr(module, "eval_steps_are_collective", True)
+        sampler = SeededSampler(ds, seed=self.seed, shuffle=shuffle, pad=pad)
         if shuffle:
             self._train_sampler = sampler
             if self._train_sampler_state:  # a resumed fit continues mid-epoch

@@ -24,7 +24,9 @@ class SeededSampler(Sampler[int]):
     ``set_epoch`` (called by Lightning before every training epoch) also tells the dataset the
     epoch, so that per-sample augmentation seeds change between epochs. Every rank receives the
     same number of indices (the permutation is padded by wrapping around), as with
-    ``DistributedSampler``.
+    ``DistributedSampler``, unless ``pad`` is off: evaluation then gives each sample to exactly
+    one rank (shards differ in length by at most one), so metrics summed over the ranks count
+    every sample once, as one process does.
 
     Rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` of the epoch's (padded) global
     order, so batch ``k`` of all ranks together holds positions ``k·B ... (k+1)·B - 1`` with
@@ -41,6 +43,8 @@ class SeededSampler(Sampler[int]):
         dataset: the dataset to sample from; its ``epoch`` attribute is set when present.
         seed: base seed of the run.
         shuffle: shuffle each epoch (training) or keep the order (evaluation).
+        pad: equal shards by repeating samples (needed when every step is a collective, as in
+            training); without it the ranks' shards may differ by one sample.
 
     Example:
         >>> s = SeededSampler(list(range(10)), seed=0)
@@ -52,10 +56,11 @@ class SeededSampler(Sampler[int]):
         True
     """
 
-    def __init__(self, dataset, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True, pad: bool = True) -> None:
         self.dataset = dataset
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.pad = bool(pad)
         self.epoch = 0
         self.start = 0
         self.samples_seen = 0
@@ -83,14 +88,15 @@ class SeededSampler(Sampler[int]):
         self.start = self.samples_seen = seen
 
     def global_order(self, world: int = 1) -> list[int]:
-        """The epoch's order of all ranks together, padded to a multiple of ``world``."""
+        """The epoch's order of all ranks together, padded to a multiple of ``world`` (when
+        ``pad``)."""
         n = len(self.dataset)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
-        if world > 1:
+        if world > 1 and self.pad:
             per_rank = -(-n // world)
             order = (order * (1 + (per_rank * world) // max(n, 1)))[: per_rank * world]
         return order
@@ -107,8 +113,10 @@ class SeededSampler(Sampler[int]):
         return iter(self._indices())
 
     def __len__(self) -> int:
-        _, world = _dist_info()
-        return -(-len(self.dataset) // world)
+        rank, world = _dist_info()
+        if self.pad:
+            return -(-len(self.dataset) // world)
+        return len(range(rank, len(self.dataset), world))
 
 
 class SamplerProgress(L.Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import lightning as L
@@ -44,6 +45,10 @@ class SupervisedModule(L.LightningModule):
         torch.Size([2, 3])
     """
 
+    # evaluation steps run no collective: under DDP each sample is evaluated on one rank only
+    # (no padding duplicates), and the ranks' shards may differ in length
+    eval_steps_are_collective = False
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -69,6 +74,8 @@ class SupervisedModule(L.LightningModule):
         )
         self.num_examples = num_examples
         self.examples: dict[str, list[dict]] = {}
+        # per stage: (loss sum, labelled samples) of each task over this rank's batches
+        self._eval_sums: dict[str, torch.Tensor] = {}
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -193,15 +200,18 @@ class SupervisedModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         preds = self(batch["image"])
-        bs = batch["image"].shape[0]
-        losses, present = self._losses(preds, batch)
-        if any(present.values()):
-            self.log(
-                f"{stage}/loss", self.weighting(losses, (), present), batch_size=bs, sync_dist=True
-            )
-        for name, loss in losses.items():
-            if present[name]:
-                self.log(f"{stage}/{name}/loss", loss, batch_size=bs, sync_dist=True)
+        losses, counts = {}, {}
+        for name, task in self.tasks.items():
+            valid = task.valid_samples(batch)
+            counts[name] = 0 if valid is None else int(valid.sum())
+            losses[name] = task.compute_loss(preds[name], batch, valid)
+        sums = self._eval_sums.setdefault(
+            stage, torch.zeros(2 * len(self.tasks), dtype=torch.float64)
+        )
+        for i, name in enumerate(self.tasks):
+            if counts[name]:  # each task's loss: mean over its labelled samples of the split
+                sums[2 * i] += float(losses[name].detach()) * counts[name]
+                sums[2 * i + 1] += counts[name]
         for name, task in self.tasks.items():
             out = task.update_metrics(self.metrics[f"{stage}_{name}"], preds[name], batch)
             if stage == "test" and out is not None:
@@ -223,11 +233,41 @@ class SupervisedModule(L.LightningModule):
             )
 
     def _log_metrics(self, stage: str) -> None:
-        for name, task in self.tasks.items():
+        """Epoch-end losses and metrics of a stage, the same on every rank.
+
+        Under DDP the ranks' loss sums, labelled-sample counts and metric update counts are
+        summed in one collective, so that every rank logs the same keys and takes part in the
+        same metric ``compute()`` calls (each a collective), also a rank that saw no labelled
+        sample of a task, or no batch at all (a split smaller than the world size).
+        """
+        names = list(self.tasks)
+        sums = self._eval_sums.pop(stage, torch.zeros(2 * len(names), dtype=torch.float64))
+        updates = torch.tensor(
+            [self.metrics[f"{stage}_{n}"].update_count for n in names], dtype=torch.float64
+        )
+        total = all_reduce_sum(torch.cat([sums, updates]).to(self.device)).cpu()
+        means = {
+            n: torch.tensor(float(total[2 * i] / total[2 * i + 1]))
+            for i, n in enumerate(names)
+            if total[2 * i + 1] > 0
+        }
+        if means:
+            present = {n: n in means for n in names}
+            zero = torch.tensor(0.0)
+            losses = {n: means.get(n, zero) for n in names}
+            with torch.no_grad():
+                loss = self.weighting(losses, (), present).detach().float().cpu()
+            self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+            for n, value in means.items():
+                self.log(f"{stage}/{n}/loss", value.float())
+        for i, (name, task) in enumerate(self.tasks.items()):
             metric = self.metrics[f"{stage}_{name}"]
-            if metric.update_count == 0:  # no sample of this stage had the task's target
+            if total[2 * len(names) + i] == 0:  # no rank had a sample with the task's target
+                metric.reset()
                 continue
-            values = dict(metric.compute())
+            with warnings.catch_warnings():  # a rank without updates still joins the sync
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update")
+                values = dict(metric.compute())
             task.epoch_end(stage, metric, values)
             for key, value in values.items():
                 value = torch.as_tensor(value)
@@ -239,11 +279,15 @@ class SupervisedModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self._eval_sums.pop("val", None)
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.examples = {}
+        self._eval_sums.pop("test", None)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
