@@ -132,3 +132,26 @@ def test_random_patch_mask_counts():
     assert all(10 <= int(n) <= 50 for n in per_image if n > 0)
     assert random_patch_mask(3, 10, (0.1, 0.5), 0.1).any(dim=1).sum() == 1  # at least one
     assert not random_patch_mask(3, 10, (0.1, 0.5), 0.0).any()
+
+
+def test_seeded_masks_depend_on_the_sample_alone():
+    """With one seed per sample, a sample's iBOT and MAE masks are the same whatever batch it
+    is in (the ranks of a DDP run hold different shares of the global batch) and differ
+    between samples."""
+    from microfm.backbones.masking import random_keep
+
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18]
+    mask = random_patch_mask(8, 64, (0.1, 0.5), 0.5, seeds=seeds)
+    for part in ([0, 1, 2, 3], [4, 5, 6, 7], [6, 1]):
+        sub = random_patch_mask(len(part), 64, (0.1, 0.5), 0.5, seeds=[seeds[i] for i in part])
+        assert torch.equal(sub, mask[part])
+    per_image = mask.sum(1)
+    assert all(6 <= int(n) <= 32 for n in per_image if n > 0)
+    many = random_patch_mask(400, 16, (0.1, 0.5), 0.5, seeds=range(400)).any(1).float()
+    assert 0.4 < float(many.mean()) < 0.6  # each sample masked with the probability
+    keep, hidden = random_keep(8, 64, 0.75, seeds=seeds)
+    keep2, hidden2 = random_keep(2, 64, 0.75, seeds=[seeds[5], seeds[2]])
+    assert torch.equal(keep2, keep[[5, 2]]) and torch.equal(hidden2, hidden[[5, 2]])
+    assert len({tuple(k.tolist()) for k in keep}) == 8
+    with pytest.raises(ValueError, match="3 seeds for a batch of 2"):
+        random_keep(2, 64, 0.75, seeds=[1, 2, 3])

@@ -105,3 +105,29 @@ def test_sizes_fit_the_patch():
     assert (mc.global_size, mc.local_size) == (224, 98)
     with pytest.raises(ConfigError, match="global_scale"):
         MultiCrop(global_scale=(0.9, 0.1))
+
+
+def test_noise_of_a_sample_depends_on_its_seed_alone():
+    """Noise on every view: a sample's views are the same alone or in any batch (before, one
+    generator seeded by the sum of the batch's seeds drew the noise of the whole batch)."""
+    mc = MultiCrop(
+        global_size=32,
+        local_size=16,
+        n_local=2,
+        noise=0.2,
+        noise_p=1.0,
+        **{k: v for k, v in PLAIN.items() if k != "noise"},
+    )
+    x = torch.rand(4, 1, 40, 40)
+    views = mc(x, seeds=[5, 6, 7, 8])
+    alone = mc(x[2:3], seeds=[7])
+    swapped = mc(x[[2, 0]], seeds=[7, 5])
+    for a, b, c in zip(views, alone, swapped):
+        torch.testing.assert_close(a[2:3], b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[[2, 0]], c, rtol=1e-5, atol=1e-6)
+    faint = {**PLAIN, "noise": 1e-9}  # the same crops, (almost) without the noise
+    plain = MultiCrop(global_size=32, local_size=16, n_local=2, noise_p=1.0, **faint)
+    noise = [v - p for v, p in zip(views, plain(x, seeds=[5, 6, 7, 8]))]
+    assert all(0.005 < float(n.std()) < 0.25 for n in noise)  # noise is there
+    assert not torch.allclose(noise[0][0], noise[0][1], atol=1e-3)  # and differs per sample
+    assert not torch.allclose(noise[0][0], noise[1][0], atol=1e-3)  # and per view

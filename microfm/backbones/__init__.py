@@ -10,6 +10,7 @@ import timm
 
 from microfm.backbones.channels import CHANNEL_MODES, ChannelAdapter
 from microfm.backbones.checkpointing import checkpointing_mode, enable_grad_checkpointing
+from microfm.backbones.drop_path import use_sample_drop_path
 from microfm.backbones.official import use_official_semantics
 from microfm.backbones.registry import BACKBONES, BackboneSpec, get_spec
 from microfm.backbones.vit import Backbone
@@ -121,6 +122,7 @@ def build_backbone(
         **kwargs,
     )
     use_official_semantics(model, dinov2_pos_embed="dinov2" in spec.timm_name)
+    use_sample_drop_path(model)  # per-sample choices under DDP (microfm.utils.seeding)
     path = resolve_weights(name, spec, weights, sha256)
     stored_norm: dict = {}
     weights_format = None

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import (
 )
 
 from microfm.errors import ConfigError
+from microfm.utils.seeding import replayable
 
 __all__ = ["checkpointing_mode", "enable_grad_checkpointing", "grad_checkpointing_enabled"]
 
@@ -69,7 +70,8 @@ def _keep_products_of_width(width: int):
 def _checkpointed_forward(block: nn.Module, context_fn, *args, **kwargs):
     if not torch.is_grad_enabled():
         return type(block).forward(block, *args, **kwargs)
-    forward = functools.partial(type(block).forward, block)
+    # recomputed in the backward pass with the same per-sample drop-path choices
+    forward = replayable(functools.partial(type(block).forward, block))
     return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
 
 

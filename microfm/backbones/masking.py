@@ -15,11 +15,16 @@ Also random patch masks and the (un)patchify pixel layout shared by the MAE deco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from microfm.errors import ConfigError
+from microfm.utils.seeding import sample_generators
+
+_MAE_MASK, _IBOT_MASK = 101, 102  # purposes of the per-sample generators
 
 __all__ = [
     "encode_tokens",
@@ -144,9 +149,15 @@ def random_keep(
     ratio: float,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MAE masking: per sample a random subset of ``round(num_patches * (1 - ratio))`` patches
     (at least one) is kept.
+
+    Args:
+        seeds: one seed per sample (see :mod:`microfm.utils.seeding`): each sample's mask then
+            depends on its seed alone, not on the process or its batch; else ``generator``
+            (or the global generator) draws the whole batch's.
 
     Returns:
         ``keep`` (B, K) sorted patch indices and ``mask`` (B, N) boolean, True where masked.
@@ -154,11 +165,21 @@ def random_keep(
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"task.mask_ratio must be in [0, 1), got {ratio}")
     n_keep = max(1, round(num_patches * (1.0 - ratio)))
-    noise = torch.rand(batch, num_patches, generator=generator)
+    if seeds is not None:
+        _check_seeds(seeds, batch)
+        gens = sample_generators(seeds, _MAE_MASK)
+        noise = torch.stack([torch.rand(num_patches, generator=g) for g in gens])
+    else:
+        noise = torch.rand(batch, num_patches, generator=generator)
     keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
     mask = torch.ones(batch, num_patches, dtype=torch.bool)
     mask.scatter_(1, keep, False)
     return keep.to(device), mask.to(device)
+
+
+def _check_seeds(seeds: Sequence[int], batch: int) -> None:
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
 
 
 def random_patch_mask(
@@ -168,10 +189,17 @@ def random_patch_mask(
     probability: float,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """iBOT masking: ``round(batch * probability)`` samples (at least one when ``probability``
-    > 0) get a random set of masked patches, their ratio drawn uniformly in ``ratio_range``;
-    the other samples are not masked.
+    """iBOT masking: some samples get a random set of masked patches, their ratio drawn
+    uniformly in ``ratio_range``; the other samples are not masked.
+
+    With ``seeds`` (one per sample, see :mod:`microfm.utils.seeding`) each sample is masked
+    with ``probability``, its ratio and patches drawn from its own seed, so the masks do not
+    depend on the process or on which samples share the batch (under DDP each rank masks its
+    own samples differently, and a 2-process run masks as one process does). Without,
+    ``round(batch * probability)`` samples of the batch (at least one when ``probability`` >
+    0) are drawn from ``generator`` (or the global generator).
 
     Returns:
         (B, N) boolean, True where masked.
@@ -181,6 +209,14 @@ def random_patch_mask(
         raise ConfigError(f"task.mask_ratio must be 0 <= min <= max < 1, got {ratio_range}")
     mask = torch.zeros(batch, num_patches, dtype=torch.bool)
     if probability <= 0:
+        return mask.to(device)
+    if seeds is not None:
+        _check_seeds(seeds, batch)
+        for i, g in enumerate(sample_generators(seeds, _IBOT_MASK)):
+            draws = torch.rand(2, generator=g).tolist()
+            if draws[0] < probability:
+                k = max(1, round((lo + (hi - lo) * draws[1]) * num_patches))
+                mask[i, torch.randperm(num_patches, generator=g)[:k]] = True
         return mask.to(device)
     n_masked = min(batch, max(1, round(batch * probability)))
     chosen = torch.randperm(batch, generator=generator)[:n_masked]

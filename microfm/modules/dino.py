@@ -18,6 +18,9 @@ from microfm.modules.ema import cosine_momentum, ema_update, teacher_copy
 from microfm.modules.optim import OptimConfig
 from microfm.modules.ssl_base import SSLModule, resolve_steps
 from microfm.transforms.multicrop import MultiCrop
+from microfm.utils.seeding import derive_seed, sample_seeds
+
+_VIEW = 200  # purpose of the seeds of a sample's views (+ view index)
 
 # the EMA teacher is in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -169,13 +172,17 @@ class DINOModule(SSLModule):
         record: bool = True,
         teacher_temp: float | None = None,
         generator: torch.Generator | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of one batch of views (``views.n_global`` global views first).
 
         Args:
             record: count the teacher outputs toward the next center update (training).
             teacher_temp: defaults to the scheduled value (0.04 outside a Trainer).
-            generator: randomness of the iBOT masks.
+            generator: randomness of the iBOT masks when ``seeds`` is None.
+            seeds: one per sample (:meth:`view_seeds`): the iBOT masks and the student's
+                drop-path choices of each view of a sample come from its seed, so they differ
+                between ranks and do not depend on the batch.
         """
         temp = teacher_temp
         if temp is None:
@@ -189,15 +196,27 @@ class DINOModule(SSLModule):
         with torch.no_grad():
             t = encode_tokens(self.teacher["backbone"], globals_)
             t_logits = list(self.teacher["head"](t["cls"]).chunk(g))
+        rows = None  # per view, the seeds of its rows
+        if seeds is not None:
+            rows = [[derive_seed(int(x), _VIEW + v) for x in seeds] for v in range(len(views))]
+        global_rows = None if rows is None else [x for r in rows[:g] for x in r]
         mask = None
         if ibot:
             mask = random_patch_mask(
-                gB, n_patches, self.mask_ratio, self.mask_probability, globals_.device, generator
+                gB,
+                n_patches,
+                self.mask_ratio,
+                self.mask_probability,
+                globals_.device,
+                generator,
+                seeds=global_rows,
             )
-        s = encode_tokens(self.backbone, globals_, mask=mask, mask_token=self.mask_token)
+        with sample_seeds(global_rows):
+            s = encode_tokens(self.backbone, globals_, mask=mask, mask_token=self.mask_token)
         s_logits = list(self.head(s["cls"]).chunk(g))
         if len(views) > g:
-            local = encode_tokens(self.backbone, torch.cat(list(views[g:])))
+            with sample_seeds(None if rows is None else [x for r in rows[g:] for x in r]):
+                local = encode_tokens(self.backbone, torch.cat(list(views[g:])))
             s_logits += list(self.head(local["cls"]).chunk(len(views) - g))
         targets = self.dino_loss.teacher_probs(t_logits, temp, record)
         out = {"dino_loss": self.dino_loss.from_probs(s_logits, targets)}
@@ -228,7 +247,7 @@ class DINOModule(SSLModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         views = self._views(batch, train=True)
-        out = self.compute(views, record=True)
+        out = self.compute(views, record=True, seeds=self.view_seeds(batch, train=True))
         bs = views[0].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         for key in ("dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy"):
@@ -238,8 +257,7 @@ class DINOModule(SSLModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         views = self._views(batch, train=False)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
-        out = self.compute(views, record=False, generator=gen)
+        out = self.compute(views, record=False, seeds=self.view_seeds(batch, train=False))
         bs = views[0].shape[0]
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
         for key in ("dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy"):

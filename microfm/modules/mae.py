@@ -20,6 +20,9 @@ from microfm.losses.mae import MAELoss
 from microfm.modules.optim import OptimConfig
 from microfm.modules.ssl_base import SSLModule
 from microfm.transforms.multicrop import MultiCrop
+from microfm.utils.seeding import derive_seed, sample_seeds
+
+_ENCODER = 300  # purpose of the seeds of the encoder's drop-path choices
 
 
 class MAEModule(SSLModule):
@@ -86,13 +89,26 @@ class MAEModule(SSLModule):
         return self.backbone
 
     # -- the MAE step --------------------------------------------------------------------------
-    def step(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        """Loss, predicted patches (B, N, p*p*C) and mask (B, N) of one batch."""
+    def step(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        seeds: Sequence[int] | None = None,
+    ):
+        """Loss, predicted patches (B, N, p*p*C) and mask (B, N) of one batch.
+
+        ``seeds`` (one per sample, :meth:`view_seeds`): each sample's mask and drop-path
+        choices come from its seed (the same whatever the process and batch); else from
+        ``generator`` or the global generator.
+        """
         p = self.backbone.patch_size
         B, _, H, W = images.shape
         grid = (H // p, W // p)
-        keep, mask = random_keep(B, grid[0] * grid[1], self.mask_ratio, images.device, generator)
-        enc = encode_tokens(self.backbone, images, keep=keep)
+        keep, mask = random_keep(
+            B, grid[0] * grid[1], self.mask_ratio, images.device, generator, seeds=seeds
+        )
+        with sample_seeds(None if seeds is None else [derive_seed(s, _ENCODER) for s in seeds]):
+            enc = encode_tokens(self.backbone, images, keep=keep)
         pred = self.decoder(enc["tokens"], keep, grid, num_prefix=enc["prefix"].shape[1])
         return self.loss(pred, patchify(images, p), mask), pred, mask
 
@@ -106,14 +122,13 @@ class MAEModule(SSLModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = self._images(batch, train=True)
-        loss, _, _ = self.step(images)
+        loss, _, _ = self.step(images, seeds=self.view_seeds(batch, train=True))
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images = self._images(batch, train=False)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
-        loss, _, _ = self.step(images, gen)
+        loss, _, _ = self.step(images, seeds=self.view_seeds(batch, train=False))
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         if batch_idx == 0:
             self.figure_images = images[: self.num_figures].detach()

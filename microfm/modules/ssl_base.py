@@ -89,8 +89,9 @@ class SSLModule(L.LightningModule):
         """One seed per sample from (run seed, epoch, index); validation views do not change
         between epochs."""
         index = batch.get("index")
-        n = len(batch["image"]) if not isinstance(batch["image"], (list, tuple)) else None
-        ids = index.tolist() if index is not None else list(range(n or 0))
+        images = batch["image"]
+        n = len(images[0] if isinstance(images, (list, tuple)) else images)
+        ids = index.tolist() if index is not None else list(range(n))
         epoch = int(self.current_epoch) if train else -1
         return [
             int(np.random.SeedSequence([self.seed, epoch + 1, int(i), 7]).generate_state(1)[0])

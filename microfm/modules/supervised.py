@@ -13,6 +13,7 @@ from microfm.distributed.gather import all_reduce_sum, world_size
 from microfm.losses.weighting import LossWeighting
 from microfm.modules.optim import OptimConfig
 from microfm.tasks.base import Task
+from microfm.utils.seeding import derive_seed, sample_seeds
 
 
 class SupervisedModule(L.LightningModule):
@@ -168,7 +169,8 @@ class SupervisedModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        shared, preds = self._forward(image, shared_features=self.weighting.needs_features)
+        with sample_seeds(self._row_seeds(batch)):  # per-sample drop-path choices
+            shared, preds = self._forward(image, shared_features=self.weighting.needs_features)
         losses, present = self._losses(preds, batch, across_ranks=True)
         total = self.weighting(losses, shared, present)
         bs = image.shape[0]
@@ -180,6 +182,17 @@ class SupervisedModule(L.LightningModule):
                     self.log(f"train/{name}/loss", value, batch_size=bs)
                 self.log(f"train/{name}/weight", weights[name], batch_size=bs)
         return total
+
+    def _row_seeds(self, batch) -> list[int] | None:
+        """One seed per training sample from (data seed, epoch, dataset index), the same on
+        every rank and in every batch the sample is in; None without indices."""
+        index = batch.get("index") if isinstance(batch, Mapping) else None
+        if index is None:
+            return None
+        trainer = self._trainer
+        seed = int(getattr(getattr(trainer, "datamodule", None), "seed", 0) or 0)
+        epoch = int(self.current_epoch) if trainer is not None else 0
+        return [derive_seed(seed, epoch, int(i), 500) for i in index.reshape(-1).tolist()]
 
     def on_after_backward(self) -> None:
         self.weighting.after_backward()

@@ -27,6 +27,9 @@ import numpy as np
 import torch
 
 from microfm.errors import ConfigError
+from microfm.utils.seeding import derive_seed
+
+_NOISE = 400  # purpose of the seeds of a view's noise (+ view index)
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,6 @@ class MultiCrop:
         if self.channel_mode == "average":
             x = x.mean(dim=1, keepdim=True)
         device = x.device
-        noise_gen = torch.Generator(device=device).manual_seed(int(sum(seeds)) % (2**63))
         field = max(self.patch_size, min(H, W) // self.patch_size * self.patch_size)
         views = []
         for v in range(self.n_views):
@@ -231,10 +233,11 @@ class MultiCrop:
             if self.channel_mode == "as_view":
                 idx = torch.as_tensor(np.stack([p["channels"] for p in pv]), device=device)
                 view = view.gather(1, idx[:, :, None, None].expand(-1, -1, size, size))
-            views.append(self._augment(view, pv, noise_gen))
+            noise_seeds = [derive_seed(int(s), _NOISE + v) for s in seeds]
+            views.append(self._augment(view, pv, noise_seeds))
         return views
 
-    def _augment(self, view: torch.Tensor, pv: list[dict], gen: torch.Generator) -> torch.Tensor:
+    def _augment(self, view: torch.Tensor, pv: list[dict], noise_seeds: list[int]) -> torch.Tensor:
         device = view.device
 
         def flags(key: str) -> torch.Tensor:
@@ -270,8 +273,11 @@ class MultiCrop:
         if any(s > 0 for s in sigma):
             view = _gaussian_blur(view, sigma)
         std = torch.tensor([p["noise"] for p in pv], dtype=view.dtype, device=device)
-        if bool((std > 0).any()):
-            noise = torch.randn(view.shape, generator=gen, device=device, dtype=view.dtype)
+        if bool((std > 0).any()):  # each sample's noise from its own seed
+            noise = torch.zeros_like(view)
+            for i in torch.nonzero(std > 0).flatten().tolist():
+                gen = torch.Generator(device=device).manual_seed(noise_seeds[i])
+                noise[i] = torch.randn(view.shape[1:], generator=gen, device=device)
             view = view + noise * std[:, None, None, None]
         return view.contiguous()
 
